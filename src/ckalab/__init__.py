@@ -1,0 +1,3 @@
+"""ckalab: a laboratory for studying feature learning through kernel alignment."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from ckalab.cli import main
+
+raise SystemExit(main())
