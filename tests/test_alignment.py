@@ -429,7 +429,7 @@ def test_constant_representation_gives_nan_and_one_warning(debiased):
 def test_target_helpers():
     labels = torch.tensor([0, 2, 1, 2])
     assert A.one_hot(labels).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1]]
-    assert A.signed_targets(torch.tensor([0, 1, 1])).flatten().tolist() == [1.0, -1.0, -1.0]
+    assert A.signed_targets(torch.tensor([0, 1, 1])).flatten().tolist() == [-1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="two classes"):
         A.signed_targets(labels)
     with pytest.raises(ValueError, match="1-D integer tensor"):

@@ -779,10 +779,10 @@ def one_hot(
 
 
 def signed_targets(labels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """+1 / -1 targets (n, 1) for two classes: label 0 -> +1, label 1 -> -1."""
+    """-1 / +1 targets (n, 1) for two classes: label 0 -> -1, label 1 -> +1."""
     labels = _check_labels(labels)
     if labels.numel() and int(labels.max()) > 1:
         raise ValueError(
             f"signed targets need two classes labelled 0 and 1, got label {int(labels.max())}"
         )
-    return (1.0 - 2.0 * labels.to(dtype)).unsqueeze(1)
+    return (2.0 * labels.to(dtype) - 1.0).unsqueeze(1)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ckalab import alignment
 from ckalab.data.registry import get_info
 from ckalab.data.sources import load_split
 
@@ -74,13 +75,13 @@ def one_hot(labels: Tensor, num_classes: int) -> Tensor:
     if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     _check_labels(labels, int(num_classes))
-    return torch.nn.functional.one_hot(labels.long(), int(num_classes)).to(torch.float32)
+    return alignment.one_hot(labels, int(num_classes))
 
 
 def signed(labels: Tensor) -> Tensor:
     """Signed targets for two classes: float32 ``(n, 1)``, ``-1`` for label 0, ``+1`` for 1."""
     _check_labels(labels, 2)
-    return (2.0 * labels.to(torch.float32) - 1.0).unsqueeze(1)
+    return alignment.signed_targets(labels)
 
 
 def encode(labels: Tensor, encoding: str, num_classes: int) -> Tensor:
