@@ -436,3 +436,15 @@ def test_target_helpers():
         A.one_hot(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="not below num_classes=2"):
         A.one_hot(labels, 2)
+
+
+def test_float32_gram_route_is_accurate():
+    """Packed float32 Gram matrices (p > n) with float64 accumulation stay within 1e-6."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(600, 40, generator=g)
+    xs = [torch.relu(base @ torch.randn(40, p, generator=g)) + 5.0 for p in (700, 1300)]
+    ys = [base[:, :1] + 0.1 * torch.randn(600, 1, generator=g), xs[0][:, :10]]
+    for debiased in (False, True):
+        got = A.cka_matrix(xs, ys, debiased=debiased)
+        ref = A.cka_matrix([t.double() for t in xs], [t.double() for t in ys], debiased=debiased)
+        assert float((got - ref).abs().max()) < 1e-6
