@@ -1,0 +1,260 @@
+"""Run configuration: one training run, validated before anything is loaded or trained.
+
+A :class:`RunConfig` has the sections ``data``, ``model``, ``optim``, ``train``, ``tracking`` and
+``checkpoint``. Every section forbids unknown keys and checks its values on construction, so a
+bad value fails with the dotted name of the field (``optim.lr``) before the first step. Checks
+that need the data (batch size larger than the training split) are made by the trainer right
+after loading, still before the first step, and raise :class:`ConfigError` with the field name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_diff",
+    "format_validation_error",
+    "parse_run_config",
+]
+
+Activation = Literal["relu", "tanh", "gelu", "silu", "sigmoid", "erf", "linear"]
+Encoding = Literal["one_hot", "signed", "index"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming the field and the value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """The task: dataset, class subset, sizes, target encoding, preprocessing, probe sets.
+
+    ``flatten=None`` flattens the inputs for an MLP and keeps images for the CNN and ResNet.
+    ``probe_size`` caps the (class-balanced) probe subsets of train and test on which CKA is
+    tracked; the default 10,000 is the whole split for an MNIST digit pair.
+    """
+
+    dataset: str = "digits"
+    classes: tuple[int, ...] | None = None
+    n_train: int | None = Field(default=None, ge=1)
+    n_test: int | None = Field(default=None, ge=1)
+    encoding: Encoding = "one_hot"
+    flatten: bool | None = None
+    standardize: bool = False
+    probe_size: int = Field(default=10_000, ge=4)
+    data_dir: str | None = None
+
+
+class ModelConfig(_Section):
+    """The network (see :mod:`ckalab.models`).
+
+    ``depth``: hidden layers (MLP), convolutional blocks (CNN) or basic blocks per stage (ResNet,
+    ResNet-(6 depth + 2)). ``width``: hidden units (MLP) or channels (CNN; the first ResNet stage).
+    ``skip`` and ``batch_norm`` apply to convolutional models; ``bias`` to the MLP.
+    """
+
+    arch: Literal["mlp", "cnn", "resnet"] = "mlp"
+    depth: int = Field(default=1, ge=1)
+    width: int = Field(default=1024, ge=1)
+    activation: Activation = "relu"
+    bias: bool = True
+    batch_norm: bool = True
+    skip: bool = True
+
+
+class OptimConfig(_Section):
+    """Optimizer and learning-rate schedule.
+
+    ``lr`` applies to the ``features`` parameter group, ``readout_lr`` (default: ``lr``) to the
+    ``readout`` group. The learning rate at step ``t`` (0-based update index) is
+    ``base_lr * warmup(t) * schedule(t)`` with ``warmup(t) = min(1, (t + 1) / warmup_steps)``,
+    ``step``: ``gamma ** floor(epoch(t) / step_epochs)`` and ``cosine``:
+    ``min_lr_factor + (1 - min_lr_factor) (1 + cos(pi u)) / 2`` with ``u`` the fraction of the
+    post-warmup steps done.
+    """
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    readout_lr: float | None = Field(default=None, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    schedule: Literal["none", "step", "cosine"] = "none"
+    warmup_steps: int = Field(default=0, ge=0)
+    step_epochs: int = Field(default=30, ge=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    min_lr_factor: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("both betas must be in [0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimConfig:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+    @property
+    def effective_readout_lr(self) -> float:
+        """``readout_lr`` if set, else ``lr``."""
+        return self.lr if self.readout_lr is None else self.readout_lr
+
+
+class TrainConfig(_Section):
+    """Loss, batches, duration, augmentation, seed and device.
+
+    ``loss="mse"``: mean over batch and outputs of ``(f(x) - y)^2`` with ``y`` the target
+    encoding (one-hot or +-1); ``"cross_entropy"``: softmax cross-entropy with the class labels.
+    The run lasts ``steps`` updates when given, else ``epochs`` epochs. ``device="auto"`` picks
+    CUDA when available.
+    """
+
+    loss: Literal["mse", "cross_entropy"] = "mse"
+    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    drop_last: bool = False
+    augment: bool = False
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        base = v.split(":", 1)[0]
+        if base not in ("auto", "cpu", "cuda", "mps") or (base == "auto" and v != "auto"):
+            raise ValueError("device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+
+class TrackingConfig(_Section):
+    """When and what to measure.
+
+    ``schedule``: ``"epochs"`` (every ``every`` epochs), ``"steps"`` (every ``every`` steps),
+    ``"geometric"`` (steps 0, 1, 2, 4, 8, ...: ``round(ratio ** k)``), ``"final"`` (initialization
+    and the end only) or ``"none"`` (no evaluation at all). Every schedule except ``"none"``
+    includes step 0 and the final step. ``batch_cka``: the classic per-batch CKA of the last
+    hidden layer with the batch targets at every step, averaged per epoch. ``layers``: the probe
+    layers to track (default: all). ``spatial``: convolutional feature maps are probed flattened
+    (``C*H*W`` features) or averaged over space (``C`` features). Probe features of all tracked
+    layers are held in memory at once: ``4 * probe_size * sum(features)`` bytes; lower
+    ``data.probe_size`` or use ``spatial = "mean"`` for wide convolutional networks.
+    """
+
+    schedule: Literal["epochs", "steps", "geometric", "final", "none"] = "epochs"
+    every: int = Field(default=1, ge=1)
+    ratio: float = Field(default=2.0, gt=1)
+    cka: bool = True
+    batch_cka: bool = False
+    layers: tuple[str, ...] | None = None
+    spatial: Literal["flatten", "mean"] = "flatten"
+    eval_batch_size: int = Field(default=2048, ge=1)
+
+
+class CheckpointConfig(_Section):
+    """Optional checkpoints: ``dir`` (none: no checkpoints), every ``every_epochs`` epochs and at
+    the end; ``resume``: continue automatically from ``dir``'s checkpoint when one exists."""
+
+    dir: str | None = None
+    every_epochs: int = Field(default=1, ge=1)
+    resume: bool = True
+
+
+class RunConfig(_Section):
+    """The full configuration of one training run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _loss_matches_encoding(self) -> RunConfig:
+        loss, enc = self.train.loss, self.data.encoding
+        if loss == "mse" and enc == "index":
+            raise ValueError(
+                "train.loss 'mse' needs data.encoding 'one_hot' or 'signed', not 'index'"
+            )
+        if loss == "cross_entropy" and enc == "signed":
+            raise ValueError(
+                "train.loss 'cross_entropy' needs data.encoding 'one_hot' or 'index', not 'signed'"
+            )
+        if self.model.arch != "mlp" and self.data.flatten:
+            raise ValueError(
+                f"data.flatten = true: model.arch '{self.model.arch}' needs image-shaped inputs; "
+                "leave data.flatten unset"
+            )
+        return self
+
+    def resume_key(self) -> dict[str, Any]:
+        """The configuration without the ``checkpoint`` section: what must match to resume."""
+        return self.model_dump(mode="json", exclude={"checkpoint"})
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line for all problems, joined by ``"; "``.
+
+    Example: ``optim.lr = -1.0: Input should be greater than 0``. The location is the dotted
+    field path; the offending input is shown when it is a value (not a whole section).
+    """
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+        value = e.get("input")
+        if e.get("type") == "extra_forbidden":
+            parts.append(f"{loc}: unknown field")
+        elif loc and not isinstance(value, (Mapping, BaseModel)):
+            parts.append(f"{loc} = {value!r}: {msg}")
+        elif loc:
+            parts.append(f"{loc}: {msg}")
+        else:
+            parts.append(msg)
+    return "invalid run configuration: " + "; ".join(parts)
+
+
+def parse_run_config(data: Mapping[str, Any] | RunConfig) -> RunConfig:
+    """Validate ``data`` (nested mapping, e.g. parsed TOML) into a :class:`RunConfig`.
+
+    Raises :class:`ConfigError` with a one-line message naming every bad field and its value.
+    """
+    if isinstance(data, RunConfig):
+        return data
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two nested mappings."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out

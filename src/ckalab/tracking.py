@@ -1,0 +1,310 @@
+r"""What a run measures and when: metric rows, the tracking schedule, and the evaluator.
+
+Metric rows are long format (see DESIGN "Metrics layout"): ``(step, epoch, split, metric,
+layer, value)`` with ``step`` the number of updates done (0 = initialization), ``epoch =
+step / steps_per_epoch`` (a float), ``split`` ``"train"`` or ``"test"``, and ``layer`` a probe
+layer name or ``""`` for whole-model metrics. Metrics:
+
+- ``loss``, ``acc`` (layer ``""``): on the whole split, in eval mode.
+- ``cka``, ``cka_debiased`` (per probe layer): linear CKA of the layer's representation with the
+  targets ``Y`` (one-hot, or +-1) on the split's probe set; biased
+  ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` and debiased (unbiased HSIC, Song et al.
+  2012), both from one :func:`ckalab.alignment.linear_gram_stats` call.
+- ``cka_avg``, ``cka_debiased_avg`` (layer ``""``): the mean of the above over the tracked
+  layers (NaN if any layer's value is NaN: a dead layer is not silently dropped).
+- ``batch_loss`` (split ``"train"``, layer ``""``): mean training-batch loss over an epoch.
+- ``batch_cka`` (split ``"train"``, layer = last tracked layer): the classic per-batch CKA of
+  the last hidden layer with the batch targets, computed from the training forward pass of
+  each step, averaged over the epoch's batches (batches where it is undefined are skipped).
+
+Evaluation never changes training: no random numbers are drawn, the model is switched to eval
+mode (BatchNorm uses running statistics and updates nothing) and back, and no gradient is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+
+import torch
+from torch import Tensor
+
+from ckalab.alignment import DegenerateRepresentationWarning, linear_gram_stats
+from ckalab.config import TrackingConfig
+from ckalab.models import ProbedModel
+from ckalab.optim import compute_loss
+
+__all__ = [
+    "BatchCKAMeter",
+    "EvalSet",
+    "Evaluator",
+    "MetricRow",
+    "batch_cka",
+    "layer_cka",
+    "summarize",
+    "tracking_steps",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    """One measured value (long format)."""
+
+    step: int
+    epoch: float
+    split: str
+    metric: str
+    layer: str
+    value: float
+
+    def as_tuple(self) -> tuple[int, float, str, str, str, float]:
+        return astuple(self)  # type: ignore[return-value]
+
+
+def tracking_steps(config: TrackingConfig, steps_per_epoch: int, total_steps: int) -> list[int]:
+    """The sorted steps (numbers of updates done) at which the model is evaluated.
+
+    ``epochs``: ``0, k spe, 2 k spe, ...``; ``steps``: ``0, k, 2k, ...``; ``geometric``:
+    ``0`` and ``round(ratio ** i)`` for ``i = 0, 1, ...``; ``final``: ``0``. All but ``none``
+    (no evaluation) also include ``total_steps``. Nothing beyond ``total_steps``.
+    """
+    if config.schedule == "none":
+        return []
+    points = {0, total_steps}
+    if config.schedule == "epochs":
+        stride = config.every * steps_per_epoch
+        points.update(range(0, total_steps + 1, stride))
+    elif config.schedule == "steps":
+        points.update(range(0, total_steps + 1, config.every))
+    elif config.schedule == "geometric":
+        i = 0
+        while (s := round(config.ratio**i)) <= total_steps:
+            points.add(s)
+            i += 1
+    return sorted(points)
+
+
+def cka_targets(y: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Float CKA targets: ``y`` itself when it is a float encoding (one-hot ``(n, k)`` or +-1
+    ``(n, 1)``), else the one-hot encoding of ``labels``."""
+    if y.is_floating_point():
+        return y if y.ndim == 2 else y.unsqueeze(1)
+    return torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float32)
+
+
+def layer_cka(features: Sequence[Tensor], targets: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Biased and debiased linear CKA of each ``(n, p_i)`` feature matrix with ``targets``.
+
+    One :func:`ckalab.alignment.linear_gram_stats` call computes the expensive products once
+    for both estimators. Returns two lists of 0-dim float64 tensors. A layer with non-finite
+    values or zero variance gets NaN (no exception, no warning); debiased CKA is NaN when
+    ``n < 4``.
+    """
+    n = targets.shape[0]
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=targets.device)
+    biased, debiased = [nan] * len(features), [nan] * len(features)
+    if n < 2 or not features:
+        return biased, debiased
+    keep = list(range(len(features)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateRepresentationWarning)
+        try:
+            stats = linear_gram_stats(list(features), [targets])
+        except ValueError:  # non-finite features (rare): drop those layers and retry
+            keep = [i for i, f in enumerate(features) if bool(torch.isfinite(f).all())]
+            if not keep:
+                return biased, debiased
+            stats = linear_gram_stats([features[i] for i in keep], [targets])
+        b = stats.cka(debiased=False)[:, 0]
+        d = stats.cka(debiased=True)[:, 0] if n >= 4 else None
+    for j, i in enumerate(keep):
+        biased[i] = b[j]
+        if d is not None:
+            debiased[i] = d[j]
+    return biased, debiased
+
+
+def batch_cka(features: Tensor, targets: Tensor) -> Tensor:
+    """Biased linear CKA of one batch's features ``(b, p)`` with its targets ``(b, q)``.
+
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, the self-term from the ``b x b`` Gram
+    ``Xc Xc^T`` when ``p > b`` (same value, fewer operations). Products in the input precision,
+    sums in float64, no host synchronization: a 0-dim float64 tensor, NaN when undefined
+    (a constant representation or target). The reference is :func:`ckalab.alignment.cka`; this
+    lean version runs at every training step.
+    """
+    x = features - features.mean(0, keepdim=True)
+    y = targets - targets.mean(0, keepdim=True)
+    gram_x = x @ x.T if x.shape[1] > x.shape[0] else x.T @ x
+    gram_y = y @ y.T if y.shape[1] > y.shape[0] else y.T @ y
+    cross = (y.T @ x).double().square().sum()
+    self_x = gram_x.double().square().sum()
+    self_y = gram_y.double().square().sum()
+    return cross / (self_x * self_y).sqrt()
+
+
+class BatchCKAMeter:
+    """Running mean of :func:`batch_cka` over the batches of an epoch, kept on the device.
+
+    Batches with fewer than 2 examples or an undefined (non-finite) CKA are skipped.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, features: Tensor, targets: Tensor) -> None:
+        if features.shape[0] < 2:
+            return
+        value = batch_cka(features.detach(), targets)
+        ok = torch.isfinite(value)
+        self.total += torch.where(ok, value, 0.0)
+        self.count += ok
+
+    def mean(self) -> float:
+        """The mean over counted batches (NaN if none); one host synchronization."""
+        total, count = torch.stack([self.total, self.count]).tolist()
+        return total / count if count else math.nan
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One split to evaluate.
+
+    ``x``, ``y``, ``labels``: the whole split (``y`` as used by the loss). ``probe_x`` and
+    ``probe_targets``: the probe set for CKA; ``probe_x=None`` means the probe set is the split
+    itself (``probe_targets`` then has one row per example of ``x``), so one forward pass gives
+    loss, accuracy and probe features.
+    """
+
+    split: str
+    x: Tensor
+    y: Tensor
+    labels: Tensor
+    probe_x: Tensor | None
+    probe_targets: Tensor
+
+
+class Evaluator:
+    """Evaluate a model on several :class:`EvalSet` s and return metric rows.
+
+    ``loss`` is the training loss kind; ``layers`` the probe layers whose CKA is tracked (empty
+    or ``cka=False``: loss and accuracy only); ``batch_size`` bounds the memory of the batched
+    eval-mode forward passes; ``spatial`` is passed to
+    :meth:`~ckalab.models.ProbedModel.forward_with_probes`.
+    """
+
+    def __init__(
+        self,
+        sets: Sequence[EvalSet],
+        *,
+        loss: str,
+        layers: Sequence[str],
+        batch_size: int,
+        cka: bool = True,
+        spatial: str = "flatten",
+    ) -> None:
+        self.sets = list(sets)
+        self.spatial = spatial
+        self.loss = loss
+        self.layers = tuple(layers) if cka else ()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, model: ProbedModel, step: int, epoch: float) -> list[MetricRow]:
+        was_training = model.training
+        model.eval()
+        try:
+            keys: list[tuple[str, str, str]] = []
+            values: list[Tensor] = []
+            for s in self.sets:
+                self._evaluate_set(model, s, keys, values)
+        finally:
+            model.train(was_training)
+        numbers = torch.stack([v.to(torch.float64) for v in values]).tolist()  # one sync
+        return [
+            MetricRow(step, epoch, split, metric, layer, value)
+            for (split, metric, layer), value in zip(keys, numbers, strict=True)
+        ]
+
+    def _forward(
+        self, model: ProbedModel, x: Tensor, layers: Sequence[str]
+    ) -> tuple[list[Tensor], dict[str, list[Tensor]]]:
+        outputs: list[Tensor] = []
+        feats: dict[str, list[Tensor]] = {name: [] for name in layers}
+        for start in range(0, len(x), self.batch_size):
+            chunk = x[start : start + self.batch_size]
+            out, probes = model.forward_with_probes(chunk, layers, spatial=self.spatial)
+            outputs.append(out)
+            for name in layers:
+                feats[name].append(probes[name])
+        return outputs, feats
+
+    def _evaluate_set(
+        self,
+        model: ProbedModel,
+        s: EvalSet,
+        keys: list[tuple[str, str, str]],
+        values: list[Tensor],
+    ) -> None:
+        same = s.probe_x is None
+        outputs, feats = self._forward(model, s.x, self.layers if same else ())
+        out = torch.cat(outputs)
+        loss_sum = compute_loss(self.loss, out, s.y, reduction="sum").to(torch.float64)
+        denom = s.y.numel() if self.loss == "mse" else len(s.y)
+        keys += [(s.split, "loss", ""), (s.split, "acc", "")]
+        values += [loss_sum / denom, _accuracy(out, s.y, s.labels)]
+        if not self.layers:
+            return
+        if not same:
+            _, feats = self._forward(model, s.probe_x, self.layers)
+        layer_feats = [torch.cat(feats[name]) for name in self.layers]
+        biased, debiased = layer_cka(layer_feats, s.probe_targets)
+        for metric, vals in (("cka", biased), ("cka_debiased", debiased)):
+            keys += [(s.split, metric, name) for name in self.layers]
+            values += vals
+            keys.append((s.split, f"{metric}_avg", ""))
+            values.append(torch.stack(vals).mean())
+
+
+def _accuracy(out: Tensor, y: Tensor, labels: Tensor) -> Tensor:
+    """Fraction correct: ``sign(f) == sign(y)`` for one output (+-1 targets), else
+    ``argmax f == label``. A 0-dim float64 tensor."""
+    if out.shape[1] == 1:
+        correct = (out[:, 0] > 0) == (y.reshape(-1) > 0)
+    else:
+        correct = out.argmax(1) == labels
+    return correct.to(torch.float64).mean()
+
+
+def summarize(
+    rows: Sequence[MetricRow], layers: Sequence[str], *, diverged: bool = False
+) -> dict[str, float]:
+    """Flat final values of a run, keyed ``{split}_{metric}`` (whole-model metrics) and
+    ``{split}_{metric}.{layer}``, from the last evaluation; ``{split}_{metric}_last`` repeats
+    the last of ``layers`` (the penultimate representation); ``train_batch_loss`` is the last
+    epoch's mean batch loss. ``diverged``: every value NaN (and at least the loss and accuracy
+    keys present), so a diverged run never passes for a finished one."""
+    out: dict[str, float] = {}
+    evals = [r for r in rows if r.metric == "loss"]
+    if evals:
+        last = max(r.step for r in evals)
+        for r in rows:
+            if r.step != last or r.metric.startswith("batch_"):
+                continue
+            key = f"{r.split}_{r.metric}" + (f".{r.layer}" if r.layer else "")
+            out[key] = r.value
+            if layers and r.layer == layers[-1]:
+                out[f"{r.split}_{r.metric}_last"] = r.value
+    batch = [r for r in rows if r.metric == "batch_loss"]
+    if batch:
+        out["train_batch_loss"] = batch[-1].value
+    if diverged:
+        out = dict.fromkeys(out, math.nan)
+        for split in ("train", "test"):
+            for metric in ("loss", "acc"):
+                out.setdefault(f"{split}_{metric}", math.nan)
+    return out

@@ -1,0 +1,105 @@
+"""Run configuration: defaults, validation with field names, one-line messages."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from ckalab.config import (
+    ConfigError,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    format_validation_error,
+    parse_run_config,
+)
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    config = RunConfig()
+    assert config.model.arch == "mlp" and config.optim.optimizer == "sgd"
+    assert config.optim.effective_readout_lr == config.optim.lr
+    with pytest.raises(ValidationError):
+        config.optim = OptimConfig()  # type: ignore[misc]
+    assert parse_run_config(config) is config
+
+
+def test_readout_lr() -> None:
+    config = parse_run_config({"optim": {"lr": 0.01, "readout_lr": 0.1}})
+    assert config.optim.effective_readout_lr == 0.1
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "value"),
+    [
+        ({"optim": {"lr": 0}}, "optim.lr", "0"),
+        ({"optim": {"lr": -1.0}}, "optim.lr", "-1.0"),
+        ({"optim": {"readout_lr": -0.5}}, "optim.readout_lr", "-0.5"),
+        ({"optim": {"optimizer": "rmsprop"}}, "optim.optimizer", "'rmsprop'"),
+        ({"optim": {"momentum": 1.5}}, "optim.momentum", "1.5"),
+        ({"train": {"batch_size": 0}}, "train.batch_size", "0"),
+        ({"train": {"loss": "hinge"}}, "train.loss", "'hinge'"),
+        ({"train": {"device": "tpu"}}, "train.device", "'tpu'"),
+        ({"model": {"activation": "swish"}}, "model.activation", "'swish'"),
+        ({"model": {"depth": 0}}, "model.depth", "0"),
+        ({"model": {"arch": "vit"}}, "model.arch", "'vit'"),
+        ({"tracking": {"schedule": "sometimes"}}, "tracking.schedule", "'sometimes'"),
+        ({"tracking": {"every": 0}}, "tracking.every", "0"),
+        ({"data": {"encoding": "binary"}}, "data.encoding", "'binary'"),
+    ],
+)
+def test_invalid_values_name_the_field(data: dict, field: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_run_config(data)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{field} = {value}" in message
+
+
+def test_unknown_keys_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown field"):
+        parse_run_config({"optim": {"learning_rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"trainer: unknown field"):
+        parse_run_config({"trainer": {}})
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ConfigError, match="nesterov needs"):
+        parse_run_config({"optim": {"nesterov": True}})
+    parse_run_config({"optim": {"nesterov": True, "momentum": 0.9}})
+    with pytest.raises(ConfigError, match=r"train\.loss 'mse' needs data\.encoding"):
+        parse_run_config({"data": {"encoding": "index"}})
+    with pytest.raises(ConfigError, match=r"train\.loss 'cross_entropy' needs"):
+        parse_run_config({"data": {"encoding": "signed"}, "train": {"loss": "cross_entropy"}})
+    with pytest.raises(ConfigError, match=r"data\.flatten = true: model\.arch 'cnn'"):
+        parse_run_config({"data": {"flatten": True}, "model": {"arch": "cnn"}})
+    with pytest.raises(ConfigError, match="betas"):
+        parse_run_config({"optim": {"betas": [0.9, 1.0]}})
+
+
+def test_several_errors_in_one_line() -> None:
+    with pytest.raises(ValidationError) as info:
+        RunConfig.model_validate({"optim": {"lr": -1}, "model": {"depth": 0}})
+    line = format_validation_error(info.value)
+    assert "\n" not in line
+    assert "optim.lr = -1" in line and "model.depth = 0" in line
+
+
+@given(st.floats(min_value=1e-12, max_value=1e6))
+def test_any_positive_lr_is_valid(lr: float) -> None:
+    assert OptimConfig(lr=lr).lr == lr
+
+
+@given(st.floats(max_value=0.0, allow_nan=False))
+def test_non_positive_lr_is_refused(lr: float) -> None:
+    with pytest.raises(ValidationError):
+        OptimConfig(lr=lr)
+
+
+def test_model_config_roundtrip() -> None:
+    config = ModelConfig(arch="resnet", depth=3, width=8, skip=False)
+    assert ModelConfig.model_validate(config.model_dump()) == config
+    dumped = RunConfig().resume_key()
+    assert "checkpoint" not in dumped and dumped["optim"]["lr"] == 0.01
