@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: Square blocks of this many rows are used for symmetric products (upper triangle only).
-_SYMMETRIC_BLOCK = 512
+_SYMMETRIC_BLOCK = 256
 #: Products over more rows than this are accumulated chunk by chunk in float64.
 _ROW_CHUNK = 4096
 #: Gram matrices are built for :func:`cka_matrix` only when their float32 storage stays below this.
@@ -188,6 +188,8 @@ def _sym_frobenius_sq(a: Tensor, block: int = _SYMMETRIC_BLOCK) -> Tensor:
 
 def _cross_frobenius_sq(a: Tensor, b: Tensor) -> Tensor:
     """``||a^T b||_F^2`` in float64 (row chunks accumulated in float64); a (n, p), b (n, q)."""
+    if a.shape[1] > b.shape[1]:
+        a, b = b, a  # same norm; (narrow^T wide) reads the wide matrix row by row, ~10x faster
     acc = None
     for rows in _row_chunks(a.shape[0], a.dtype):
         g = (a[rows].T @ b[rows]).double()
