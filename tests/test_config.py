@@ -48,6 +48,12 @@ def test_readout_lr() -> None:
         ({"tracking": {"schedule": "sometimes"}}, "tracking.schedule", "'sometimes'"),
         ({"tracking": {"every": 0}}, "tracking.every", "0"),
         ({"data": {"encoding": "binary"}}, "data.encoding", "'binary'"),
+        ({"data": {"dataset": "mnsit"}}, "data.dataset", "'mnsit'"),
+        ({"data": {"dataset": "mnist", "classes": [4, 12]}}, "data.classes", "[4, 12]"),
+        ({"data": {"dataset": "mnist", "classes": [4]}}, "data.classes", "[4]"),
+        ({"data": {"dataset": "mnist", "classes": [4, 4]}}, "data.classes", "[4, 4]"),
+        ({"data": {"dataset": "digits", "n_train": 5000}}, "data.n_train", "5000"),
+        ({"data": {"dataset": "mnist-5k", "n_test": 1001}}, "data.n_test", "1001"),
     ],
 )
 def test_invalid_values_name_the_field(data: dict, field: str, value: str) -> None:

@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ckalab.data.registry import get_info
 
 __all__ = [
     "CheckpointConfig",
@@ -57,6 +67,43 @@ class DataConfig(_Section):
     standardize: bool = False
     probe_size: int = Field(default=10_000, ge=4)
     data_dir: str | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        get_info(v)  # ValueError listing the known datasets
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_exist(cls, v: tuple[int, ...] | None, info: ValidationInfo) -> Any:
+        dataset = info.data.get("dataset")
+        if v is None or dataset is None:
+            return v
+        num_classes = get_info(dataset).num_classes
+        missing = [c for c in v if not 0 <= c < num_classes]
+        if missing:
+            raise ValueError(
+                f"dataset {dataset!r} has no class {missing[0]}; its classes are "
+                f"0..{num_classes - 1}"
+            )
+        if len(v) < 2:
+            raise ValueError("a task needs at least two classes")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate classes")
+        return v
+
+    @field_validator("n_train", "n_test")
+    @classmethod
+    def _not_more_than_available(cls, v: int | None, info: ValidationInfo) -> Any:
+        dataset = info.data.get("dataset")
+        if v is None or dataset is None:
+            return v
+        split = "train" if info.field_name == "n_train" else "test"
+        available = getattr(get_info(dataset), info.field_name)
+        if v > available:
+            raise ValueError(f"larger than the {available} {split} examples of {dataset!r}")
+        return v
 
 
 class ModelConfig(_Section):
