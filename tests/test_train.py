@@ -417,8 +417,11 @@ def test_trains_on_digits(arch: str) -> None:
 
 
 def test_bad_data_settings_name_the_section() -> None:
-    with pytest.raises(ConfigError, match=r"data: .*no class 42"):
+    with pytest.raises(ConfigError, match=r"data\.classes = \[0, 42\].*no class 42"):
         train({"data": {"dataset": "digits", "classes": [0, 42]}})
+    # Known only once the class subset is loaded: still a ConfigError, before the first step.
+    with pytest.raises(ConfigError, match=r"data: n_train=1000 is larger than the \d+ examples"):
+        train({"data": {"dataset": "digits", "classes": [0, 1], "n_train": 1000}})
     with pytest.raises(ConfigError, match=r"train\.batch_size = 5000"):
         train({"data": {"dataset": "digits", "classes": [0, 1]}, "train": {"batch_size": 5000}})
 
