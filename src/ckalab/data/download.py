@@ -9,6 +9,7 @@ not) are used as they are.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pooch
@@ -20,8 +21,11 @@ __all__ = ["ChecksumError", "DownloadError", "fetch_file", "find_local"]
 
 
 def _downloader() -> object:
-    """The pooch downloader used for every fetch (tests replace this function)."""
-    return pooch.HTTPDownloader(progressbar=False, timeout=60)
+    """The pooch downloader used for every fetch (tests replace this function).
+
+    Shows a progress bar (tqdm, through pooch) when standard error is a terminal.
+    """
+    return pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60)
 
 
 def find_local(folder: Path, remote: RemoteFile) -> Path | None:
