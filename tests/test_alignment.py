@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -448,3 +449,186 @@ def test_float32_gram_route_is_accurate():
         got = A.cka_matrix(xs, ys, debiased=debiased)
         ref = A.cka_matrix([t.double() for t in xs], [t.double() for t in ys], debiased=debiased)
         assert float((got - ref).abs().max()) < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact linear CKA streamed over row chunks
+# ----------------------------------------------------------------------------------------------
+
+_STAT_FIELDS = (
+    "cross",
+    "self_x",
+    "self_y",
+    "diag_dot",
+    "trace_x",
+    "trace_y",
+    "diag_sq_x",
+    "diag_sq_y",
+)
+
+
+def _accumulate(xs, ys, cuts) -> A.LinearCKAAccumulator:
+    acc = A.LinearCKAAccumulator()
+    bounds = [0, *cuts, xs[0].shape[0]]
+    for lo, hi in itertools.pairwise(bounds):
+        acc.update([t[lo:hi] for t in xs], [t[lo:hi] for t in ys])
+    return acc
+
+
+@st.composite
+def chunked_reps(draw, max_n: int = 50):
+    """Several x and y representations (some wider than the others), shifted, and row cuts."""
+    n = draw(st.integers(4, max_n))
+    ps = draw(st.lists(st.integers(1, 40), min_size=1, max_size=3))
+    qs = draw(st.lists(st.integers(1, 45), min_size=1, max_size=2))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    shift = draw(st.floats(-100.0, 100.0))
+    xs = [torch.randn(n, p, generator=g, dtype=torch.float64) + shift for p in ps]
+    ys = [
+        xs[0][:, :1] @ torch.randn(1, q, generator=g, dtype=torch.float64)
+        + torch.randn(n, q, generator=g, dtype=torch.float64)
+        - shift
+        for q in qs
+    ]
+    cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=min(n - 1, 12))))
+    if draw(st.booleans()):  # chunks of one row at the start
+        cuts = sorted({*cuts, *range(1, min(4, n))})
+    return xs, ys, cuts
+
+
+@given(chunked_reps())
+def test_accumulator_equals_full_data_statistics(data):
+    xs, ys, cuts = data
+    acc = _accumulate(xs, ys, cuts)
+    assert acc.n == xs[0].shape[0]
+    got = acc.stats()
+    ref = A.linear_gram_stats(xs, ys, allow_gram=False)
+    for field in _STAT_FIELDS:
+        a, b = getattr(got, field), getattr(ref, field)
+        scale = float(b.abs().max()) + 1e-300
+        assert float((a - b).abs().max()) <= 1e-9 * scale, field
+    # The naive kernels of data shifted by up to 100 cancel badly at n = 4; both estimators are
+    # invariant to centering, so the reference uses explicitly centered columns.
+    cx = [_np(a) - _np(a).mean(0) for a in xs]
+    cy = [_np(b) - _np(b).mean(0) for b in ys]
+    for debiased in (False, True):
+        expected = np.array(
+            [[naive_cka_from_kernels(a @ a.T, b @ b.T, debiased) for b in cy] for a in cx]
+        )
+        np.testing.assert_allclose(acc.cka(debiased).numpy(), expected, atol=1e-9)
+        np.testing.assert_allclose(acc.cka(debiased).numpy(), ref.cka(debiased).numpy(), atol=1e-9)
+        np.testing.assert_allclose(
+            acc.hsic(debiased).numpy(), ref.hsic(debiased).numpy(), rtol=1e-9, atol=1e-12
+        )
+
+
+def test_accumulator_float32_shifted_relu_features_are_accurate():
+    """float32 ReLU features shifted by 1e3: uneven chunks (single rows, one chunk above the
+    float32 row limit) stay within 1e-6 of the float64 value."""
+    g = torch.Generator().manual_seed(1)
+    n, p = 6000, 256
+    w = torch.randn(100, p, generator=g) / 10
+    inputs = torch.randn(n, 100, generator=g)
+    x32 = torch.relu(inputs @ w) + 1e3
+    labels = (inputs[:, 0] > 0).long()
+    xs = [x32, x32[:, :50] * 3, torch.relu(x32 - 1e3 - 0.5)]
+    ys = [A.one_hot(labels, 2), A.signed_targets(labels)]
+    ref = A.linear_gram_stats([t.double() for t in xs], [t.double() for t in ys])
+    for cuts in ([700, 701, 702, 1500, 4000], [1, 2, 999, 1500, 5000]):
+        acc = _accumulate(xs, ys, cuts)
+        for debiased in (False, True):
+            assert float((acc.cka(debiased) - ref.cka(debiased)).abs().max()) < 1e-6
+
+
+def test_accumulator_memory_does_not_grow_with_n():
+    def state_numel(acc: A.LinearCKAAccumulator) -> int:
+        seen = 0
+        stack: list = [vars(acc)]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                seen += item.numel()
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif hasattr(item, "__dict__") and not isinstance(item, (torch.dtype, type)):
+                stack.append(vars(item))
+        return seen
+
+    sizes = []
+    for n in (300, 3000):
+        x, y = torch.randn(n, 20), torch.randn(n, 3)
+        sizes.append(state_numel(_accumulate([x], [y], list(range(100, n, 100)))))
+    assert sizes[0] == sizes[1] < 20 * 20 * 2
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys", "match"),
+    [
+        ([torch.randn(5, 3)], [torch.randn(4, 2)], r"same number of rows.*xs\[0\] \(5, 3\)"),
+        ([torch.randn(0, 3)], [torch.randn(0, 2)], r"xs\[0\] needs at least 1 row"),
+        (
+            [torch.randn(5, 3), torch.tensor([[1.0], [math.nan], [2], [3], [4]])],
+            [torch.randn(5, 2)],
+            r"xs\[1\] contains 1 NaN or Inf",
+        ),
+        (
+            [torch.randn(5, 3)],
+            [torch.tensor([[1.0, 0], [2, 0], [math.inf, 0], [4, 0], [5, 0]])],
+            r"ys\[0\] contains 1 NaN",
+        ),
+        ([torch.randn(5, 3)], [torch.tensor([0, 1, 0, 1, 1])], r"ys\[0\] has dtype.*one_hot"),
+        ([torch.randn(5, 3, 2)], [torch.randn(5, 2)], r"xs\[0\] must have shape .*\(5, 3, 2\)"),
+        ([], [torch.randn(5, 2)], r"at least one representation"),
+    ],
+)
+def test_accumulator_bad_chunks_are_named_and_leave_no_trace(xs, ys, match):
+    acc = A.LinearCKAAccumulator()
+    x0, y0 = torch.randn(6, 3), torch.randn(6, 2)
+    if len(xs) == 1 and xs[0].ndim == 2 and xs[0].shape[1] == 3:
+        acc.update([x0], [y0])  # a good first chunk, then the bad one
+    before = None if acc.n == 0 else acc.cka(debiased=True)
+    with pytest.raises(ValueError, match=match):
+        acc.update(xs, ys)
+    if before is not None:
+        assert acc.n == 6 and torch.equal(acc.cka(debiased=True), before)
+
+
+def test_accumulator_shape_changes_size_limits_and_reset():
+    acc = A.LinearCKAAccumulator()
+    with pytest.raises(RuntimeError, match="call update"):
+        acc.cka()
+    acc.update(torch.randn(1, 3), torch.randn(1, 2))
+    with pytest.raises(ValueError, match=r"at least 2 rows .* got n=1"):
+        acc.cka()
+    changed = r"feature counts .* \(\(4,\), \(2,\)\).*\(\(3,\), \(2,\)\)"
+    with pytest.raises(ValueError, match=changed):
+        acc.update(torch.randn(2, 4), torch.randn(2, 2))
+    with pytest.raises(ValueError, match="feature counts"):
+        acc.update([torch.randn(2, 3)] * 2, torch.randn(2, 2))
+    acc.update(torch.randn(2, 3), torch.randn(2, 2))
+    assert acc.cka().shape == (1, 1)
+    with pytest.raises(ValueError, match="n >= 4 examples, got n=3"):
+        acc.cka(debiased=True)
+    with pytest.raises(ValueError, match="n >= 4 examples, got n=3"):
+        acc.hsic(debiased=True)
+    acc.reset()
+    assert acc.n == 0
+    acc.update(torch.randn(5, 4), torch.randn(5, 2))  # a new signature after reset
+    assert acc.n == 5 and acc.cka(debiased=True).shape == (1, 1)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_accumulator_degenerate_layer_gives_nan_and_one_warning(debiased):
+    g = torch.Generator().manual_seed(8)
+    live = torch.randn(30, 4, generator=g)
+    dead = torch.zeros(30, 6)
+    y = live[:, :2] + torch.randn(30, 2, generator=g)
+    acc = _accumulate([live, dead, dead + 3.0], [y], [7, 8, 20])
+    with pytest.warns(DegenerateRepresentationWarning) as record:
+        value = acc.cka(debiased)
+    assert len(record) == 1
+    assert math.isfinite(float(value[0, 0]))
+    assert math.isnan(float(value[1, 0])) and math.isnan(float(value[2, 0]))
+    assert float(value[0, 0]) == pytest.approx(float(A.cka(live, y, debiased=debiased)), abs=1e-6)

@@ -27,6 +27,10 @@ matrices to K, so features may be centered first; with centered features ``K~ 1 
 everything reduces to ``<K, L>_F = ||Yc^T Xc||_F^2`` and the row norms ``diag(K)``, so the
 debiased estimator is computed in feature space too. It can be negative and needs ``n >= 4``.
 
+Data seen in row chunks: :class:`LinearCKAAccumulator` gives exactly the full-data linear CKA
+above (both estimators) with memory independent of n; :class:`StreamingCKA` is the minibatch
+estimator (a mean over batches).
+
 Numerics: inputs are centered before any product (this removes the float32 cancellation of
 ``X^T X - n mu mu^T``), matrix products run in the input's precision (float32 for float32,
 bfloat16 and float16 inputs; float64 for float64), and every reduction is accumulated in
@@ -45,6 +49,7 @@ from torch import Tensor
 
 __all__ = [
     "DegenerateRepresentationWarning",
+    "LinearCKAAccumulator",
     "LinearGramStats",
     "StreamingCKA",
     "centered_alignment",
@@ -59,10 +64,16 @@ __all__ = [
     "signed_targets",
 ]
 
-#: Square blocks of this many rows are used for symmetric products (upper triangle only).
+#: Square blocks of this many rows are used for packed n x n Gram matrices (upper triangle only).
 _SYMMETRIC_BLOCK = 256
 #: Products over more rows than this are accumulated chunk by chunk in float64.
 _ROW_CHUNK = 4096
+#: Float32 rows per product in :class:`LinearCKAAccumulator` (bounds the float32 rounding like
+#: ``_ROW_CHUNK``; a 2,048 x 1,024 chunk stays in cache while all its panels are multiplied).
+_STREAM_ROWS = 2048
+#: Rows of the upper-triangle panels of ``x^T x`` (feature-space self terms): 128 does ``9/16`` of
+#: the full product's multiply-adds for p = 1,024 (256: ``10/16``) at the same rate.
+_PANEL = 128
 #: Gram matrices are built for :func:`cka_matrix` only when their float32 storage stays below this.
 _GRAM_MEMORY_LIMIT_BYTES = 2 * 1024**3
 
@@ -76,7 +87,7 @@ class DegenerateRepresentationWarning(RuntimeWarning):
 # ----------------------------------------------------------------------------------------------
 
 
-def _as_matrix(name: str, t: Tensor) -> Tensor:
+def _as_matrix(name: str, t: Tensor, min_rows: int = 2) -> Tensor:
     """Check one representation and return it as an (n, p) floating-point matrix."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -93,8 +104,11 @@ def _as_matrix(name: str, t: Tensor) -> Tensor:
             f"{name} must have shape (n, features) or (n,), got shape {tuple(t.shape)} "
             f"({t.ndim} dimensions); flatten per-example features first, e.g. {name}.flatten(1)"
         )
-    if t.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows (examples), got shape {tuple(t.shape)}")
+    if t.shape[0] < min_rows:
+        rows = "row" if min_rows == 1 else "rows"
+        raise ValueError(
+            f"{name} needs at least {min_rows} {rows} (examples), got shape {tuple(t.shape)}"
+        )
     if t.shape[1] < 1:
         raise ValueError(f"{name} has no features: shape {tuple(t.shape)}")
     return t
@@ -163,27 +177,36 @@ def _row_chunks(n: int, dtype: torch.dtype) -> list[slice]:
     return [slice(0, n)] if dtype == torch.float64 else _blocks(n, _ROW_CHUNK)
 
 
-def _sym_frobenius_sq(a: Tensor, block: int = _SYMMETRIC_BLOCK) -> Tensor:
-    """``||a^T a||_F^2`` in float64 from the upper-triangle blocks of ``a^T a`` only.
+def _panels(p: int) -> list[slice]:
+    """Row panels of the upper triangle of a (p, p) product: panel ``k`` is rows ``s_k`` and
+    columns ``s_k.start:`` (its leading square is a diagonal block, the rest lies above it)."""
+    return _blocks(p, _PANEL)
 
-    ``a`` is ``(n, p)``. Column blocks ``i <= j`` of ``a^T a`` are computed (``n p^2 / 2``
-    multiply-adds for large ``p`` instead of ``n p^2``); each block is accumulated in float64 over
-    chunks of rows (bounding the float32 rounding by the chunk length, not by n), the chunk
-    staying in cache while all its blocks are multiplied.
+
+def _add_panels(acc: list[Tensor | None], chunk: Tensor, panels: list[slice]) -> None:
+    """Add the upper-triangle panels of ``chunk^T chunk`` (input precision) to ``acc`` (float64)."""
+    for k, s in enumerate(panels):
+        g = (chunk[:, s].T @ chunk[:, s.start :]).double()
+        acc[k] = g if acc[k] is None else acc[k] + g
+
+
+def _sym_frobenius_sq(a: Tensor) -> Tensor:
+    """``||a^T a||_F^2`` in float64 from the upper-triangle panels of ``a^T a`` only.
+
+    ``a`` is ``(n, p)``. Row panels ``a[:, s]^T a[:, s.start:]`` of ``a^T a`` are computed (about
+    ``n p^2 / 2`` multiply-adds for large ``p`` instead of ``n p^2``); each is accumulated in
+    float64 over chunks of rows (bounding the float32 rounding by the chunk length, not by n),
+    the chunk staying in cache while all its panels are multiplied.
     """
-    cols = _blocks(a.shape[1], block)
-    pairs = [(si, sj) for i, si in enumerate(cols) for sj in cols[i:]]
-    acc: list[Tensor | None] = [None] * len(pairs)
+    panels = _panels(a.shape[1])
+    acc: list[Tensor | None] = [None] * len(panels)
     for rows in _row_chunks(a.shape[0], a.dtype):
-        chunk = a[rows]
-        for k, (si, sj) in enumerate(pairs):
-            g = (chunk[:, si].T @ chunk[:, sj]).double()
-            acc[k] = g if acc[k] is None else acc[k] + g
-    weights = [1.0 if si == sj else 2.0 for si, sj in pairs]
-    return sum(
-        (w * g.square().sum() for w, g in zip(weights, acc, strict=True)),
-        start=a.new_zeros((), dtype=torch.float64),
-    )
+        _add_panels(acc, a[rows], panels)
+    out = a.new_zeros((), dtype=torch.float64)
+    for s, g in zip(panels, acc, strict=True):
+        w = s.stop - s.start  # the leading (w, w) square is on the diagonal, the rest appears twice
+        out = out + g[:, :w].square().sum() + 2.0 * g[:, w:].square().sum()
+    return out
 
 
 def _cross_frobenius_sq(a: Tensor, b: Tensor) -> Tensor:
@@ -264,36 +287,40 @@ def _inner_products(a: Tensor, b: Tensor, chunk: int = 1 << 16) -> Tensor:
 class LinearGramStats:
     r"""Sufficient statistics for linear HSIC/CKA between two lists of representations.
 
-    For centered representations ``X_i`` (n, p_i) and ``Y_j`` (n, q_j), with ``K_i = X_i X_i^T``
-    and ``L_j = Y_j Y_j^T``:
+    For centered representations ``X_i`` (n, p_i) and ``Y_j`` (n, q_j), with ``K_i = X_i X_i^T``,
+    ``L_j = Y_j Y_j^T`` and their diagonals (squared row norms) ``k_i = diag(K_i)``,
+    ``l_j = diag(L_j)``:
 
     - ``cross[i, j] = <K_i, L_j>_F = ||Y_j^T X_i||_F^2``, shape (len(xs), len(ys));
-    - ``self_x[i] = ||K_i||_F^2``, ``self_y[j] = ||L_j||_F^2``;
-    - ``diag_x[i] = diag(K_i)`` (squared row norms), shape (len(xs), n); ``diag_y`` likewise.
+    - ``self_x[i] = ||K_i||_F^2 = ||X_i^T X_i||_F^2``, ``self_y[j] = ||L_j||_F^2``;
+    - ``diag_dot[i, j] = k_i . l_j``, shape (len(xs), len(ys));
+    - ``trace_x[i] = 1^T k_i = tr(K_i)``, ``trace_y[j] = tr(L_j)``;
+    - ``diag_sq_x[i] = k_i . k_i``, ``diag_sq_y[j] = l_j . l_j``.
 
-    All float64. Both the biased and the debiased estimators are cheap functions of these, so a
-    caller who needs both computes the expensive products once.
+    All float64. The biased estimator needs ``cross``, ``self_*`` and ``n``; the debiased one
+    (see the module docstring: with centered features ``K~ 1 = -k``, so
+    ``tr(K~ L~) = <K, L> - k . l``, ``1^T K~ 1 = -tr K`` and ``1^T K~ L~ 1 = k . l``) needs the
+    diagonal terms too. A caller who needs both estimators computes the expensive products
+    once. Built by :func:`linear_gram_stats` (all rows at once) or
+    :class:`LinearCKAAccumulator` (streamed over row chunks).
     """
 
     n: int
     cross: Tensor
     self_x: Tensor
     self_y: Tensor
-    diag_x: Tensor
-    diag_y: Tensor
-
-    def _unbiased(self, inner: Tensor, dk: Tensor, dl: Tensor) -> Tensor:
-        """Unbiased HSIC for every pair: inner (a, b), dk (a, n), dl (b, n) -> (a, b)."""
-        n = self.n
-        dkdl = dk @ dl.T
-        sums = dk.sum(1)[:, None] * dl.sum(1)[None, :]
-        return (inner - dkdl + sums / ((n - 1) * (n - 2)) - 2.0 * dkdl / (n - 2)) / (n * (n - 3))
+    diag_dot: Tensor
+    trace_x: Tensor
+    trace_y: Tensor
+    diag_sq_x: Tensor
+    diag_sq_y: Tensor
 
     def hsic(self, debiased: bool = False) -> Tensor:
         """HSIC matrix (len(xs), len(ys)): biased ``<HKH, HLH> / (n-1)^2`` or unbiased HSIC_1."""
         if debiased:
             _check_debiased_n(self.n, True)
-            return self._unbiased(self.cross, self.diag_x, self.diag_y)
+            sums = self.trace_x[:, None] * self.trace_y[None, :]
+            return _hsic_unbiased(self.cross, self.diag_dot, sums, self.n)
         return self.cross / (self.n - 1) ** 2
 
     def self_hsic(self, debiased: bool = False) -> tuple[Tensor, Tensor]:
@@ -301,8 +328,8 @@ class LinearGramStats:
         if debiased:
             _check_debiased_n(self.n, True)
             return (
-                _self_hsic_unbiased(self.self_x, self.diag_x, self.n),
-                _self_hsic_unbiased(self.self_y, self.diag_y, self.n),
+                _hsic_unbiased(self.self_x, self.diag_sq_x, self.trace_x.square(), self.n),
+                _hsic_unbiased(self.self_y, self.diag_sq_y, self.trace_y.square(), self.n),
             )
         return self.self_x / (self.n - 1) ** 2, self.self_y / (self.n - 1) ** 2
 
@@ -313,11 +340,20 @@ class LinearGramStats:
         return _normalize(h, hx, hy)
 
 
-def _self_hsic_unbiased(self_k: Tensor, d: Tensor, n: int) -> Tensor:
-    """Unbiased self-HSIC for each representation: self_k (m,), d (m, n) -> (m,)."""
-    dd = d.square().sum(1)
-    s = d.sum(1)
-    return (self_k - dd + s.square() / ((n - 1) * (n - 2)) - 2.0 * dd / (n - 2)) / (n * (n - 3))
+def _hsic_unbiased(inner: Tensor, diag_dot: Tensor, trace_prod: Tensor, n: int) -> Tensor:
+    """Unbiased HSIC (Song et al. 2012) from ``<K, L>``, ``k . l`` and ``tr(K) tr(L)``.
+
+    ``[<K, L> - k.l + tr(K) tr(L) / ((n-1)(n-2)) - 2 k.l / (n-2)] / (n (n-3))``, elementwise
+    over tensors of any (common) shape.
+    """
+    return (inner - diag_dot + trace_prod / ((n - 1) * (n - 2)) - 2.0 * diag_dot / (n - 2)) / (
+        n * (n - 3)
+    )
+
+
+def _diag_stats(diag: Tensor) -> tuple[Tensor, Tensor]:
+    """``(trace, diag_sq)`` of stacked diagonals (m, n): row sums and row sums of squares."""
+    return diag.sum(1), diag.square().sum(1)
 
 
 def _normalize(h: Tensor, hx: Tensor, hy: Tensor) -> Tensor:
@@ -432,8 +468,18 @@ def _linear_stats(
                     row.append(_cross_frobenius_sq(a, b))
             rows.append(row)
         cross = torch.stack([torch.stack(row) for row in rows])
+    trace_x, diag_sq_x = _diag_stats(diag_x)
+    trace_y, diag_sq_y = (trace_x, diag_sq_x) if symmetric else _diag_stats(diag_y)
     return LinearGramStats(
-        n=n, cross=cross, self_x=self_x, self_y=self_y, diag_x=diag_x, diag_y=diag_y
+        n=n,
+        cross=cross,
+        self_x=self_x,
+        self_y=self_y,
+        diag_dot=diag_x @ diag_y.T,
+        trace_x=trace_x,
+        trace_y=trace_y,
+        diag_sq_x=diag_sq_x,
+        diag_sq_y=diag_sq_y,
     )
 
 
@@ -670,6 +716,277 @@ def cka_matrix(
     hy = hx if ys is None else torch.stack([_hsic_gram_pair(k, k, debiased) for k in ky])
     h = torch.stack([torch.stack([_hsic_gram_pair(a, b, debiased) for b in ky]) for a in kx])
     return _normalize(h, hx, hy)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact linear CKA streamed over row chunks
+# ----------------------------------------------------------------------------------------------
+
+
+class _Moments:
+    """Shifted moments of one representation (see :class:`LinearCKAAccumulator`), float64."""
+
+    def __init__(self, shift: Tensor) -> None:
+        p = shift.shape[0]
+        self.shift = shift  # (p,), compute dtype
+        self.panels = _panels(p)
+        self.gram: list[Tensor | None] = [None] * len(self.panels)  # B = sum b b^T, upper panels
+        self.total = shift.new_zeros(p, dtype=torch.float64)  # S = sum b
+        self.norm_sum = shift.new_zeros((), dtype=torch.float64)  # sum a
+        self.norm_sq = shift.new_zeros((), dtype=torch.float64)  # sum a^2
+        self.norm_vec = shift.new_zeros(p, dtype=torch.float64)  # sum a_i b_i
+
+    def add(self, b: Tensor, a: Tensor) -> None:
+        """Add the upper-triangle panels of ``b^T b`` and the row-norm sums of one chunk."""
+        _add_panels(self.gram, b, self.panels)
+        self.norm_sum += a.sum()
+        self.norm_sq += a.square().sum()
+
+    def centered(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(u, ||B - n u u^T||_F^2, sum k, sum k^2)`` after ``n`` rows (class docstring)."""
+        u = self.total / n
+        frob = u.new_zeros(())
+        ubu = u.new_zeros(())
+        for s, g in zip(self.panels, self.gram, strict=True):
+            w = s.stop - s.start
+            c = g - n * torch.outer(u[s], u[s.start :])
+            # The panel's leading (w, w) square is a diagonal block; the rest appears twice.
+            frob = frob + c[:, :w].square().sum() + 2.0 * c[:, w:].square().sum()
+            ubu = ubu + u[s] @ g[:, :w] @ u[s] + 2.0 * (u[s] @ g[:, w:] @ u[s.stop :])
+        uu = u @ u
+        trace = self.norm_sum - n * uu
+        diag_sq = (
+            self.norm_sq
+            - 4.0 * (u @ self.norm_vec)
+            + 4.0 * ubu
+            + 2.0 * uu * self.norm_sum
+            - 3.0 * n * uu.square()
+        )
+        return u, frob, trace, diag_sq
+
+
+class LinearCKAAccumulator:
+    r"""Exact linear CKA (biased and debiased) over data streamed in row chunks.
+
+    ``update(xs, ys)`` takes the same rows (examples) of several representations ``xs``
+    ((n_c, p_i) chunks, e.g. every probed layer of a network on one batch) and of targets or
+    other representations ``ys`` ((n_c, q_j) chunks); after the last chunk, :meth:`cka`,
+    :meth:`hsic` and :meth:`stats` give exactly (up to float rounding) what
+    ``linear_gram_stats(all_xs, all_ys)`` gives on the concatenated n rows. This is the
+    full-dataset estimator, not the minibatch estimator of :class:`StreamingCKA`. Memory is
+    ``O(sum p_i^2 + sum p_i q_j)`` float64 numbers, independent of n; the cost is about
+    ``n p^2 / 2`` multiply-adds per representation (upper-triangle panels) plus ``n p q`` per
+    pair, as for the feature-space route of :func:`linear_gram_stats` — use that on the
+    concatenated rows instead when ``p >= n`` (its n x n Gram route is then cheaper).
+
+    Shifted accumulation. The shift ``c`` of a representation is the column mean of its first
+    chunk (``d`` for a ``y``); every row is used as ``b = x - c`` (``e = y - d``), which keeps the
+    uncentered sums small, so that centering at the end does not cancel (float32 features
+    shifted by 1e3 lose nothing). In float32 the first chunk should therefore be a fair sample
+    of the data (hundreds of rows, not one): the further ``c`` lies from the overall mean, the
+    more the float32 products round. Over all chunks, in float64 (products in the input
+    precision over at most 2,048 float32 rows, each result added in float64), with
+    ``a = ||b||^2`` and ``a' = ||e||^2`` per row::
+
+        S_x = sum b (p,)          B_xx = sum b b^T (p, p; upper-triangle panels only)
+        S_y = sum e (q,)          B_yy = sum e e^T (q, q)      B_xy = sum b e^T (p, q)
+        sum a, sum a^2, sum a b (p,), sum a e (q,), sum a', sum a'^2, sum a' e (q,),
+        sum a' b (p,), sum a a'
+
+    (``S_x``, ``sum a b``, ``sum a' b`` and, for ``q <= p``, ``B_xy^T`` are the rows of one
+    narrow-transpose-wide product ``[1, a, a', e]^T b``.) With ``u = S_x / n``, ``v = S_y / n``
+    (the centered rows are ``b - u``)::
+
+        Xc^T Xc = B_xx - n u u^T      Yc^T Yc = B_yy - n v v^T      Xc^T Yc = B_xy - n u v^T
+
+    give ``<K, L> = ||Xc^T Yc||_F^2``, ``||K||_F^2 = ||Xc^T Xc||_F^2`` and ``||L||_F^2``. The
+    squared row norms of the centered rows, ``k = ||b - u||^2 = a - 2 b.u + |u|^2`` and
+    ``l = a' - 2 e.v + |v|^2``, enter the debiased estimator only through::
+
+        sum k   = sum a - n |u|^2
+        sum k^2 = sum a^2 - 4 u.(sum a b) + 4 u^T B_xx u + 2 |u|^2 sum a - 3 n |u|^4
+        sum k l = sum a a' - 2 v.(sum a e) - 2 u.(sum a' b) + 4 u^T B_xy v
+                  + |v|^2 sum a + |u|^2 sum a' - 3 n |u|^2 |v|^2
+
+    (using ``sum b.u = n |u|^2``, ``sum (b.u)^2 = u^T B_xx u``, ``sum (b.u)(e.v) =
+    u^T B_xy v``), which :class:`LinearGramStats` turns into the biased and debiased HSIC and
+    CKA. The compute precision (float64 if a first-chunk input is float64, else float32) and
+    the device are those of the first chunk.
+
+    Every chunk is validated like the inputs of :func:`linear_gram_stats` (the same number of
+    rows in every input, floating-point, no NaN/Inf, at least one row) and must have the same
+    number of representations with the same feature counts as the first; a rejected chunk
+    leaves the accumulator unchanged. :meth:`reset` starts over.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every chunk seen so far."""
+        self._n = 0
+        self._dtype: torch.dtype | None = None
+        self._signature: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._mx: list[_Moments] = []
+        self._my: list[_Moments] = []
+        # [i][j]: B_xy^T (q_j, p_i) if q_j <= p_i, else B_xy (p_i, q_j): narrow^T wide.
+        self._cross: list[list[Tensor | None]] = []
+        self._norm_pair: Tensor | None = None  # (len(xs), len(ys)): sum a_i a'_j
+        self._norm_x_e: list[list[Tensor | None]] = []  # [i][j]: sum a_i e_j (q_j,)
+        self._norm_y_b: list[list[Tensor | None]] = []  # [i][j]: sum a'_j b_i (p_i,)
+
+    @property
+    def n(self) -> int:
+        """Number of rows (examples) accumulated since the last reset."""
+        return self._n
+
+    def update(self, xs: Sequence[Tensor] | Tensor, ys: Sequence[Tensor] | Tensor) -> None:
+        """Accumulate one chunk: ``xs`` (n_c, p_i) and ``ys`` (n_c, q_j) for the same rows."""
+        xs_list = [xs] if isinstance(xs, Tensor) else list(xs)
+        ys_list = [ys] if isinstance(ys, Tensor) else list(ys)
+        if not xs_list or not ys_list:
+            raise ValueError("xs and ys must each hold at least one representation")
+        named = [(f"xs[{i}]", _as_matrix(f"xs[{i}]", t, 1)) for i, t in enumerate(xs_list)]
+        named += [(f"ys[{j}]", _as_matrix(f"ys[{j}]", t, 1)) for j, t in enumerate(ys_list)]
+        n_c = _check_same_n(named)
+        nx = len(xs_list)
+        signature = (
+            tuple(t.shape[1] for _, t in named[:nx]),
+            tuple(t.shape[1] for _, t in named[nx:]),
+        )
+        if self._signature is not None and signature != self._signature:
+            raise ValueError(
+                f"update() got representations with feature counts (xs, ys) = {signature}, but "
+                f"earlier chunks had {self._signature}; call reset() to start a new computation"
+            )
+        first = self._signature is None
+        dtype = _compute_dtype(*(t for _, t in named)) if first else self._dtype
+        mats = [t.to(dtype) for _, t in named]
+        shifts = [t.mean(0) for t in mats] if first else [m.shift for m in self._mx + self._my]
+        shifted = [t - c for t, c in zip(mats, shifts, strict=True)]
+        norms = torch.stack([_row_norms_sq(t) for t in shifted])  # (nx + ny, n_c) float64
+        # Validate before changing any state: a NaN/Inf anywhere makes its row norm non-finite.
+        if not bool(torch.isfinite(norms.sum())):
+            for (name, _), t in zip(named, mats, strict=True):
+                _raise_if_not_finite(name, t)
+        if first:
+            self._start(dtype, signature, shifts[:nx], shifts[nx:])
+        for rows in _blocks(n_c, n_c if dtype == torch.float64 else _STREAM_ROWS):
+            self._add(
+                [t[rows] for t in shifted[:nx]],
+                [t[rows] for t in shifted[nx:]],
+                norms[:nx, rows],
+                norms[nx:, rows],
+            )
+        self._n += n_c
+
+    def _start(self, dtype, signature, shifts_x: list[Tensor], shifts_y: list[Tensor]) -> None:
+        self._dtype = dtype
+        self._signature = signature
+        self._mx = [_Moments(c) for c in shifts_x]
+        self._my = [_Moments(d) for d in shifts_y]
+        self._cross = [[None] * len(shifts_y) for _ in shifts_x]
+        self._norm_x_e = [[None] * len(shifts_y) for _ in shifts_x]
+        self._norm_y_b = [[None] * len(shifts_y) for _ in shifts_x]
+
+    @staticmethod
+    def _add_to(acc: list[list[Tensor | None]], i: int, j: int, value: Tensor) -> None:
+        old = acc[i][j]
+        acc[i][j] = value if old is None else old + value
+
+    def _add(self, bs: list[Tensor], es: list[Tensor], ax: Tensor, ay: Tensor) -> None:
+        """Add one row chunk (shifted rows ``bs``, ``es``; their squared norms ``ax``, ``ay``)."""
+        pair = ax @ ay.T
+        self._norm_pair = pair if self._norm_pair is None else self._norm_pair + pair
+        ones = ax.new_ones(1, ax.shape[1])
+        # x side: [1; a_i; a'_1..a'_m; e_j with q_j <= p_i]^T b_i, one narrow^T wide product.
+        for i, (m, b) in enumerate(zip(self._mx, bs, strict=True)):
+            narrow = [j for j, e in enumerate(es) if e.shape[1] <= b.shape[1]]
+            z = torch.cat(
+                [torch.cat([ones, ax[i : i + 1], ay]).T.to(b.dtype)] + [es[j] for j in narrow], 1
+            )
+            g = (z.T @ b).double()
+            m.total += g[0]
+            m.norm_vec += g[1]
+            for j in range(len(es)):
+                self._add_to(self._norm_y_b, i, j, g[2 + j])
+            offset = 2 + len(es)
+            for j in narrow:
+                q = es[j].shape[1]
+                self._add_to(self._cross, i, j, g[offset : offset + q])
+                offset += q
+            m.add(b, ax[i])
+        # y side: [1; a'_j; a_1..a_k; b_i with p_i < q_j]^T e_j.
+        for j, (m, e) in enumerate(zip(self._my, es, strict=True)):
+            narrow = [i for i, b in enumerate(bs) if b.shape[1] < e.shape[1]]
+            z = torch.cat(
+                [torch.cat([ones, ay[j : j + 1], ax]).T.to(e.dtype)] + [bs[i] for i in narrow], 1
+            )
+            g = (z.T @ e).double()
+            m.total += g[0]
+            m.norm_vec += g[1]
+            for i in range(len(bs)):
+                self._add_to(self._norm_x_e, i, j, g[2 + i])
+            offset = 2 + len(bs)
+            for i in narrow:
+                p = bs[i].shape[1]
+                self._add_to(self._cross, i, j, g[offset : offset + p])
+                offset += p
+            m.add(e, ay[j])
+
+    def stats(self) -> LinearGramStats:
+        """The :class:`LinearGramStats` of all rows accumulated so far (needs n >= 2)."""
+        n = self._n
+        if self._norm_pair is None:
+            raise RuntimeError("LinearCKAAccumulator has no data: call update() first")
+        if n < 2:
+            raise ValueError(f"CKA needs at least 2 rows (examples) in total, got n={n}")
+        cx = [m.centered(n) for m in self._mx]
+        cy = [m.centered(n) for m in self._my]
+        cross = torch.empty_like(self._norm_pair)
+        diag_dot = torch.empty_like(self._norm_pair)
+        for i, (mx, (u, *_)) in enumerate(zip(self._mx, cx, strict=True)):
+            for j, (my, (v, *_)) in enumerate(zip(self._my, cy, strict=True)):
+                g = self._cross[i][j]
+                if v.shape[0] <= u.shape[0]:  # B_xy^T (q, p)
+                    centered = g - n * torch.outer(v, u)
+                    ubv = v @ g @ u
+                else:  # B_xy (p, q)
+                    centered = g - n * torch.outer(u, v)
+                    ubv = u @ g @ v
+                cross[i, j] = centered.square().sum()
+                uu, vv = u @ u, v @ v
+                diag_dot[i, j] = (
+                    self._norm_pair[i, j]
+                    - 2.0 * (v @ self._norm_x_e[i][j])
+                    - 2.0 * (u @ self._norm_y_b[i][j])
+                    + 4.0 * ubv
+                    + vv * mx.norm_sum
+                    + uu * my.norm_sum
+                    - 3.0 * n * uu * vv
+                )
+        return LinearGramStats(
+            n=n,
+            cross=cross,
+            self_x=torch.stack([c[1] for c in cx]),
+            self_y=torch.stack([c[1] for c in cy]),
+            diag_dot=diag_dot,
+            trace_x=torch.stack([c[2] for c in cx]),
+            trace_y=torch.stack([c[2] for c in cy]),
+            diag_sq_x=torch.stack([c[3] for c in cx]),
+            diag_sq_y=torch.stack([c[3] for c in cy]),
+        )
+
+    def hsic(self, debiased: bool = False) -> Tensor:
+        """HSIC matrix (len(xs), len(ys)), float64; debiased needs n >= 4 rows in total."""
+        _check_debiased_n(self._n, debiased)
+        return self.stats().hsic(debiased)
+
+    def cka(self, debiased: bool = False) -> Tensor:
+        """CKA matrix (len(xs), len(ys)), float64; NaN plus a
+        :class:`DegenerateRepresentationWarning` where a representation has zero variance."""
+        _check_debiased_n(self._n, debiased)
+        return self.stats().cka(debiased)
 
 
 # ----------------------------------------------------------------------------------------------

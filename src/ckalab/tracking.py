@@ -9,7 +9,10 @@ layer name or ``""`` for whole-model metrics. Metrics:
 - ``cka``, ``cka_debiased`` (per probe layer): linear CKA of the layer's representation with the
   targets ``Y`` (one-hot, or +-1) on the split's probe set; biased
   ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` and debiased (unbiased HSIC, Song et al.
-  2012), both from one :func:`ckalab.alignment.linear_gram_stats` call.
+  2012), both from the same sufficient statistics, accumulated exactly over the row chunks of
+  the evaluation forward pass (:class:`ckalab.alignment.LinearCKAAccumulator`: no
+  concatenation of the features; a layer at least as wide as the probe set is collected and
+  computed with :func:`ckalab.alignment.linear_gram_stats`, whose n x n route is then cheaper).
 - ``cka_avg``, ``cka_debiased_avg`` (layer ``""``): the mean of the above over the tracked
   layers (NaN if any layer's value is NaN: a dead layer is not silently dropped).
 - ``batch_loss`` (split ``"train"``, layer ``""``): mean training-batch loss over an epoch.
@@ -31,7 +34,11 @@ from dataclasses import astuple, dataclass
 import torch
 from torch import Tensor
 
-from ckalab.alignment import DegenerateRepresentationWarning, linear_gram_stats
+from ckalab.alignment import (
+    DegenerateRepresentationWarning,
+    LinearCKAAccumulator,
+    linear_gram_stats,
+)
 from ckalab.config import TrackingConfig
 from ckalab.models import ProbedModel
 from ckalab.optim import compute_loss
@@ -231,17 +238,17 @@ class Evaluator:
         ]
 
     def _forward(
-        self, model: ProbedModel, x: Tensor, layers: Sequence[str]
-    ) -> tuple[list[Tensor], dict[str, list[Tensor]]]:
+        self, model: ProbedModel, x: Tensor, layers: Sequence[str], probe: _ProbeCKA | None
+    ) -> list[Tensor]:
+        """Batched forward pass; each chunk's probe features go to ``probe`` and are dropped."""
         outputs: list[Tensor] = []
-        feats: dict[str, list[Tensor]] = {name: [] for name in layers}
         for start in range(0, len(x), self.batch_size):
             chunk = x[start : start + self.batch_size]
             out, probes = model.forward_with_probes(chunk, layers, spatial=self.spatial)
             outputs.append(out)
-            for name in layers:
-                feats[name].append(probes[name])
-        return outputs, feats
+            if probe is not None:
+                probe.update(probes)
+        return outputs
 
     def _evaluate_set(
         self,
@@ -251,23 +258,94 @@ class Evaluator:
         values: list[Tensor],
     ) -> None:
         same = s.probe_x is None
-        outputs, feats = self._forward(model, s.x, self.layers if same else ())
-        out = torch.cat(outputs)
+        probe = _ProbeCKA(self.layers, s.probe_targets) if self.layers else None
+        if same:
+            out = torch.cat(self._forward(model, s.x, self.layers, probe))
+        else:
+            out = torch.cat(self._forward(model, s.x, (), None))
         loss_sum = compute_loss(self.loss, out, s.y, reduction="sum").to(torch.float64)
         denom = s.y.numel() if self.loss == "mse" else len(s.y)
         keys += [(s.split, "loss", ""), (s.split, "acc", "")]
         values += [loss_sum / denom, _accuracy(out, s.y, s.labels)]
-        if not self.layers:
+        if probe is None:
             return
         if not same:
-            _, feats = self._forward(model, s.probe_x, self.layers)
-        layer_feats = [torch.cat(feats[name]) for name in self.layers]
-        biased, debiased = layer_cka(layer_feats, s.probe_targets)
+            self._forward(model, s.probe_x, self.layers, probe)
+        biased, debiased = probe.compute()
         for metric, vals in (("cka", biased), ("cka_debiased", debiased)):
             keys += [(s.split, metric, name) for name in self.layers]
             values += vals
             keys.append((s.split, f"{metric}_avg", ""))
             values.append(torch.stack(vals).mean())
+
+
+class _ProbeCKA:
+    """Linear CKA of each probe layer with the targets, fed one evaluation chunk at a time.
+
+    A layer narrower than the probe set (``p < n``) is accumulated exactly by a
+    :class:`~ckalab.alignment.LinearCKAAccumulator` (memory ``O(p^2)``, no concatenation); a
+    wider one is collected and computed by :func:`layer_cka` (the n x n route is cheaper then).
+    Chunks arrive in row order; row ``k`` of the stream is row ``k`` of ``targets``. The values
+    are those of :func:`layer_cka` on the concatenated features, including its NaN rules.
+    """
+
+    def __init__(self, layers: Sequence[str], targets: Tensor) -> None:
+        self.layers = tuple(layers)
+        self.targets = targets
+        self.n = targets.shape[0]
+        self.rows = 0
+        self.stream: dict[str, LinearCKAAccumulator] = {}
+        self.collect: dict[str, list[Tensor]] = {}
+        self.dead: set[str] = set()  # non-finite features: NaN
+
+    def update(self, probes: dict[str, Tensor]) -> None:
+        if not self.layers:
+            return
+        rows = probes[self.layers[0]].shape[0]
+        y = self.targets[self.rows : self.rows + rows]
+        for name in self.layers:
+            f = probes[name]
+            if name in self.dead:
+                continue
+            if name not in self.stream and name not in self.collect:
+                if f.shape[1] < self.n:
+                    self.stream[name] = LinearCKAAccumulator()
+                else:
+                    self.collect[name] = []
+            if name in self.collect:
+                self.collect[name].append(f)
+                continue
+            try:
+                self.stream[name].update(f, y)
+            except ValueError:
+                if bool(torch.isfinite(f).all()):
+                    raise
+                self.dead.add(name)
+                del self.stream[name]
+        self.rows += rows
+
+    def compute(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Biased and debiased CKA per layer, as :func:`layer_cka` returns them."""
+        n = self.n
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.targets.device)
+        biased, debiased = [nan] * len(self.layers), [nan] * len(self.layers)
+        if n < 2:
+            return biased, debiased
+        wide = [name for name in self.layers if name in self.collect]
+        if wide:
+            b, d = layer_cka([torch.cat(self.collect[name]) for name in wide], self.targets)
+            for name, vb, vd in zip(wide, b, d, strict=True):
+                k = self.layers.index(name)
+                biased[k], debiased[k] = vb, vd
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateRepresentationWarning)
+            for name, acc in self.stream.items():
+                k = self.layers.index(name)
+                stats = acc.stats()
+                biased[k] = stats.cka(debiased=False)[0, 0]
+                if n >= 4:
+                    debiased[k] = stats.cka(debiased=True)[0, 0]
+        return biased, debiased
 
 
 def _accuracy(out: Tensor, y: Tensor, labels: Tensor) -> Tensor:
