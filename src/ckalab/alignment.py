@@ -898,41 +898,54 @@ class LinearCKAAccumulator:
         """Add one row chunk (shifted rows ``bs``, ``es``; their squared norms ``ax``, ``ay``)."""
         pair = ax @ ay.T
         self._norm_pair = pair if self._norm_pair is None else self._norm_pair + pair
-        ones = ax.new_ones(1, ax.shape[1])
         # x side: [1; a_i; a'_1..a'_m; e_j with q_j <= p_i]^T b_i, one narrow^T wide product.
-        for i, (m, b) in enumerate(zip(self._mx, bs, strict=True)):
-            narrow = [j for j, e in enumerate(es) if e.shape[1] <= b.shape[1]]
-            z = torch.cat(
-                [torch.cat([ones, ax[i : i + 1], ay]).T.to(b.dtype)] + [es[j] for j in narrow], 1
-            )
-            g = (z.T @ b).double()
-            m.total += g[0]
-            m.norm_vec += g[1]
-            for j in range(len(es)):
-                self._add_to(self._norm_y_b, i, j, g[2 + j])
-            offset = 2 + len(es)
-            for j in narrow:
-                q = es[j].shape[1]
-                self._add_to(self._cross, i, j, g[offset : offset + q])
-                offset += q
-            m.add(b, ax[i])
+        self._add_side(self._mx, bs, es, ax, ay, self._norm_y_b, strict=False, x_side=True)
         # y side: [1; a'_j; a_1..a_k; b_i with p_i < q_j]^T e_j.
-        for j, (m, e) in enumerate(zip(self._my, es, strict=True)):
-            narrow = [i for i, b in enumerate(bs) if b.shape[1] < e.shape[1]]
+        self._add_side(self._my, es, bs, ay, ax, self._norm_x_e, strict=True, x_side=False)
+
+    def _add_side(
+        self,
+        moments: list[_Moments],
+        own: list[Tensor],
+        others: list[Tensor],
+        a_own: Tensor,
+        a_other: Tensor,
+        norm_acc: list[list[Tensor | None]],
+        *,
+        strict: bool,
+        x_side: bool,
+    ) -> None:
+        """One side of :meth:`_add`: for each representation ``w`` on this side, one product
+        ``z^T w`` with ``z = [1; a_w; a_others; the other side's narrower representations]``
+        gives its column sum, ``sum a_w w``, ``sum a_other w`` (into ``norm_acc``) and its cross
+        products with the narrower representations (into ``_cross``). ``strict``: "narrower"
+        means fewer columns (y side) rather than no more (x side), so each cross product is
+        computed once."""
+        ones = a_own.new_ones(1, a_own.shape[1])
+        for k, (m, w) in enumerate(zip(moments, own, strict=True)):
+            narrow = [
+                r
+                for r, o in enumerate(others)
+                if (o.shape[1] < w.shape[1] if strict else o.shape[1] <= w.shape[1])
+            ]
             z = torch.cat(
-                [torch.cat([ones, ay[j : j + 1], ax]).T.to(e.dtype)] + [bs[i] for i in narrow], 1
+                [torch.cat([ones, a_own[k : k + 1], a_other]).T.to(w.dtype)]
+                + [others[r] for r in narrow],
+                1,
             )
-            g = (z.T @ e).double()
+            g = (z.T @ w).double()
             m.total += g[0]
             m.norm_vec += g[1]
-            for i in range(len(bs)):
-                self._add_to(self._norm_x_e, i, j, g[2 + i])
-            offset = 2 + len(bs)
-            for i in narrow:
-                p = bs[i].shape[1]
-                self._add_to(self._cross, i, j, g[offset : offset + p])
-                offset += p
-            m.add(e, ay[j])
+            for r in range(len(others)):
+                i, j = (k, r) if x_side else (r, k)
+                self._add_to(norm_acc, i, j, g[2 + r])
+            offset = 2 + len(others)
+            for r in narrow:
+                width = others[r].shape[1]
+                i, j = (k, r) if x_side else (r, k)
+                self._add_to(self._cross, i, j, g[offset : offset + width])
+                offset += width
+            m.add(w, a_own[k])
 
     def stats(self) -> LinearGramStats:
         """The :class:`LinearGramStats` of all rows accumulated so far (needs n >= 2)."""
