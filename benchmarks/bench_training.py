@@ -41,6 +41,14 @@ from ckalab.train import train
 
 N_TRAIN, N_TEST, SIDE, WIDTH, BATCH = 12_665, 2_115, 28, 1024, 128
 LR, READOUT_LR = 0.01, 0.1
+#: Where both loops train (``--device``); data are loaded on the CPU as in the hand loop.
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that wall-clock times cover it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,7 +119,7 @@ def naive_cka(features: torch.Tensor, targets: torch.Tensor) -> float:
     """CKA from explicit n x n kernels: ``<HKH, HLH> / (||HKH|| ||HLH||)``."""
     n = features.shape[0]
     k, l_ = features @ features.T, targets @ targets.T
-    h = torch.eye(n) - torch.full((n, n), 1.0 / n)
+    h = torch.eye(n, device=features.device) - torch.full((n, n), 1.0 / n, device=features.device)
     kc, lc = h @ k @ h, h @ l_ @ h
     return float((kc * lc).sum() / (kc.norm() * lc.norm()))
 
@@ -131,7 +139,7 @@ def hand_loop_epochs(images: np.ndarray, labels: np.ndarray, epochs: int) -> flo
     """Seconds per epoch of the hand-written loop (per-step CKA included)."""
     torch.manual_seed(0)
     loader = DataLoader(PilMnist(images, labels), batch_size=BATCH, shuffle=True)
-    model = HandMLP()
+    model = HandMLP().to(DEVICE)
     opt = torch.optim.SGD(
         [
             {"params": model.hidden.parameters(), "lr": LR},
@@ -140,17 +148,19 @@ def hand_loop_epochs(images: np.ndarray, labels: np.ndarray, epochs: int) -> flo
     )
     loss_fn = nn.MSELoss()
     ckas: list[float] = []
+    synchronize()
     start = time.perf_counter()
     for _ in range(epochs):
         for x, y in loader:
-            x = x.view(-1, SIDE * SIDE)
-            y = nn.functional.one_hot(y, 2).float()
+            x = x.view(-1, SIDE * SIDE).to(DEVICE)
+            y = nn.functional.one_hot(y, 2).float().to(DEVICE)
             out, h = model(x)
             loss = loss_fn(out, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             ckas.append(naive_cka(h.detach(), y))
+    synchronize()
     return (time.perf_counter() - start) / epochs
 
 
@@ -165,7 +175,7 @@ def ckalab_config(epochs: int, schedule: str, every: int, batch_cka: bool) -> Ru
             "data": {"dataset": "mnist", "classes": [0, 1]},
             "model": {"arch": "mlp", "depth": 1, "width": WIDTH, "activation": "relu"},
             "optim": {"optimizer": "sgd", "lr": LR, "readout_lr": READOUT_LR},
-            "train": {"loss": "mse", "batch_size": BATCH, "epochs": epochs, "device": "cpu"},
+            "train": {"loss": "mse", "batch_size": BATCH, "epochs": epochs, "device": str(DEVICE)},
             "tracking": {"schedule": schedule, "every": every, "batch_cka": batch_cka},
         }
     )
@@ -186,8 +196,10 @@ def _best_rate(fn: Callable[[], object], flops: float, reps: int = 10) -> float:
     fn()
     times = []
     for _ in range(reps):
+        synchronize()
         t = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - t)
     return flops / min(times)
 
@@ -202,8 +214,8 @@ def matmul_ceiling() -> tuple[float, dict[str, float]]:
     }
     rates = {}
     for name, (m, k, n) in shapes.items():
-        a = torch.randn(m, k, generator=g)
-        b = torch.randn(k, n, generator=g)
+        a = torch.randn(m, k, generator=g).to(DEVICE)
+        b = torch.randn(k, n, generator=g).to(DEVICE)
         rates[name] = _best_rate(lambda a=a, b=b: torch.mm(a, b), 2.0 * m * k * n)
     return max(rates.values()), rates
 
@@ -231,7 +243,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs per ckalab run (>= 4)")
     parser.add_argument("--hand-epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both loops train there)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.epochs = e = max(4, args.epochs)
@@ -241,7 +256,10 @@ def main() -> None:
     steps_per_epoch = -(-N_TRAIN // BATCH)
     params = SIDE * SIDE * WIDTH + WIDTH + WIDTH * 2 + 2
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
+    print(
+        f"torch {torch.__version__}, device {DEVICE}, threads {torch.get_num_threads()}, "
+        f"repeats {args.repeats}"
+    )
     print(f"data: {N_TRAIN} x {SIDE * SIDE} train, {N_TEST} test; MLP params {params:,}")
     ceiling, rates = matmul_ceiling()
     for name, rate in rates.items():
