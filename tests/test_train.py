@@ -452,3 +452,23 @@ def test_checkpoint_files(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_optimizer_falls_back_when_torch_has_no_fused_cpu_step(monkeypatch) -> None:
+    """torch < 2.4 refuses fused=True on the CPU; the optimizer is then built unfused."""
+    from ckalab.config import OptimConfig
+    from ckalab.optim import build_optimizer
+
+    real_sgd = torch.optim.SGD
+    calls: list[object] = []
+
+    def old_torch_sgd(params, **kwargs):
+        calls.append(kwargs.get("fused"))
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be on CUDA")
+        return real_sgd(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", old_torch_sgd)
+    opt = build_optimizer(MLP(4, 2, depth=1, width=3), OptimConfig(lr=0.1, readout_lr=0.5))
+    assert calls == [True, None]
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]

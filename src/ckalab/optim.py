@@ -35,6 +35,18 @@ def build_optimizer(model: ProbedModel, config: OptimConfig) -> torch.optim.Opti
         if params
     ]
     fused = _fused_ok(model)
+    try:
+        return _make_optimizer(groups, config, fused)
+    except (RuntimeError, ValueError):
+        if not fused:
+            raise
+        # torch < 2.4 has no fused step on the CPU: the same update, unfused.
+        return _make_optimizer(groups, config, None)
+
+
+def _make_optimizer(
+    groups: list[dict], config: OptimConfig, fused: bool | None
+) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             groups,
