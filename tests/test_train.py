@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ckalab.alignment import cka
-from ckalab.config import ConfigError, RunConfig, TrackingConfig
+from ckalab.config import ConfigError, OptimConfig, RunConfig, TrackingConfig
 from ckalab.data import Split, Task
 from ckalab.models import MLP
 from ckalab.optim import build_optimizer, lr_factor
@@ -456,9 +456,6 @@ def test_checkpoint_files(tmp_path: Path) -> None:
 
 def test_optimizer_falls_back_when_torch_has_no_fused_cpu_step(monkeypatch) -> None:
     """torch < 2.4 refuses fused=True on the CPU; the optimizer is then built unfused."""
-    from ckalab.config import OptimConfig
-    from ckalab.optim import build_optimizer
-
     real_sgd = torch.optim.SGD
     calls: list[object] = []
 
