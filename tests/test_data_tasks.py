@@ -19,7 +19,7 @@ from ckalab.data import (
     one_hot,
     signed,
 )
-from ckalab.data.tasks import balanced_counts, stratified_counts
+from ckalab.data.tasks import MIN_STD, balanced_counts, stratified_counts
 
 
 class CountingNoNetwork:
@@ -181,18 +181,26 @@ def test_standardization_uses_train_statistics_only():
     mean, std = x.mean(0), x.std(0, correction=0)
     constant = std == 0
     assert constant.any()  # digits has always-blank border pixels
-    std_safe = torch.where(constant, torch.ones_like(std), std)
+    std_safe = torch.where(constant, torch.ones_like(std), std.clamp_min(MIN_STD))
     torch.testing.assert_close(task.mean.double(), mean, atol=1e-6, rtol=0)
     torch.testing.assert_close(task.std.double(), std_safe, atol=1e-6, rtol=0)
     assert torch.all(task.std[constant] == 1)
     xs = task.train.x.double()
     assert xs.mean(0).abs().max() < 1e-5
-    assert (xs.std(0, correction=0)[~constant] - 1).abs().max() < 1e-4
+    unit = std >= MIN_STD
+    assert (xs.std(0, correction=0)[unit] - 1).abs().max() < 1e-4
     assert torch.all(xs[:, constant] == 0)  # constant features centered, not scaled
     expected_test = (plain.test.x.double() - mean) / std_safe
     torch.testing.assert_close(task.test.x.double(), expected_test, atol=1e-4, rtol=0)
     # the test split's own statistics were not used
     assert task.test.x.double().mean(0).abs().max() > 1e-3
+
+
+def test_standardization_keeps_nearly_constant_pixels_bounded():
+    """A pixel almost never inked in training must not become a huge outlier on test images."""
+    task = make_task("mnist-5k", [4, 9], standardize=True)
+    assert float(task.std.min()) >= MIN_STD or float(task.std.min()) == 1.0
+    assert float(task.test.x.abs().max()) <= 1.0 / MIN_STD + 1e-3
 
 
 def test_standardization_image_shaped():

@@ -10,7 +10,10 @@ Conventions:
 * Pixels are scaled to [0, 1] by dividing by the dataset's ``pixel_max`` (255, or 16 for
   ``digits``). With ``standardize=True`` every feature is then centered and divided by its
   standard deviation, both computed on the task's *training split only*; features whose
-  training standard deviation is zero are centered but left unscaled.
+  training standard deviation is zero are centered but left unscaled, and the others are
+  divided by at least :data:`MIN_STD` (5% of the pixel range), so that a pixel that is nearly
+  constant in training (a rare stroke at MNIST's border: std 3e-4) does not turn into an
+  outlier of 1,000 on a test image.
 * Encodings: ``"one_hot"`` -> float32 ``(n, k)``; ``"signed"`` (two classes only) -> float32
   ``(n, 1)`` equal to ``-1`` for ``classes[0]`` and ``+1`` for ``classes[1]``; ``"index"`` ->
   int64 ``(n,)`` task labels.
@@ -51,6 +54,8 @@ __all__ = [
 
 ENCODINGS = ("one_hot", "signed", "index")
 DEFAULT_PROBE_SIZE = 10_000
+#: Smallest divisor of a non-constant feature in standardization (pixels are in [0, 1]).
+MIN_STD = 0.05
 
 # Independent random streams derived from the task seed.
 _STREAM_TRAIN, _STREAM_TEST, _STREAM_PROBE_TRAIN, _STREAM_PROBE_TEST = range(4)
@@ -332,14 +337,15 @@ def _build_split(
 def _moments(x: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """Per-feature mean and population std of ``x`` (float64 accumulation, chunked).
 
-    A zero standard deviation is replaced by 1 (the feature is centered but left unscaled).
+    A zero standard deviation is replaced by 1 (the feature is centered but left unscaled);
+    the others are raised to at least :data:`MIN_STD`.
     """
     mean = x.mean(0, dtype=torch.float64)
     sq = torch.zeros_like(mean)
     for start in range(0, len(x), chunk):
         sq += (x[start : start + chunk].to(torch.float64) - mean).square().sum(0)
     std = (sq / max(len(x), 1)).sqrt()
-    std = torch.where(std < 1e-8, torch.ones_like(std), std)
+    std = torch.where(std < 1e-8, torch.ones_like(std), std.clamp_min(MIN_STD))
     return mean.to(torch.float32), std.to(torch.float32)
 
 
