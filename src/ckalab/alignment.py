@@ -633,20 +633,26 @@ def hsic(
     estimator (``debiased=True``, n >= 4). ``kernel="rbf"``: :func:`rbf_kernel` on both inputs,
     then :func:`hsic_gram`. Returns a 0-dim float64 tensor.
     """
+    x, y = _check_pair(x, y, kernel, debiased)
+    if kernel == "rbf":
+        return _hsic_gram_pair(_rbf("x", x, sigma), _rbf("y", y, sigma), debiased)
+    return _pair_stats(x, y).hsic(debiased).reshape(())
+
+
+def _check_pair(x: Tensor, y: Tensor, kernel: str, debiased: bool) -> tuple[Tensor, Tensor]:
+    """Validate the arguments of :func:`cka` / :func:`hsic`; x and y as (n, p), (n, q)."""
     _check_kernel(kernel)
     x = _as_matrix("x", x)
     y = _as_matrix("y", y)
     n = _check_same_n([("x", x), ("y", y)])
     _check_debiased_n(n, debiased)
-    if kernel == "rbf":
-        return _hsic_gram_pair(_rbf("x", x, sigma), _rbf("y", y, sigma), debiased)
-    stats = _linear_stats([x], [y], ["x"], ["y"], allow_gram=_gram_allowed(x, y))
-    return stats.hsic(debiased).reshape(())
+    return x, y
 
 
-def _gram_allowed(x: Tensor, y: Tensor) -> bool:
-    """A single pair may use n x n Gram matrices only when a feature count reaches n."""
-    return max(x.shape[1], y.shape[1]) >= x.shape[0]
+def _pair_stats(x: Tensor, y: Tensor) -> LinearGramStats:
+    """Linear statistics of one pair; n x n Gram matrices only when a feature count reaches n."""
+    allow_gram = max(x.shape[1], y.shape[1]) >= x.shape[0]
+    return _linear_stats([x], [y], ["x"], ["y"], allow_gram=allow_gram)
 
 
 def cka(
@@ -667,15 +673,10 @@ def cka(
     inputs. A constant representation gives NaN and a :class:`DegenerateRepresentationWarning`.
     Integer ``y`` is refused: build targets with :func:`one_hot` or :func:`signed_targets`.
     """
-    _check_kernel(kernel)
-    x = _as_matrix("x", x)
-    y = _as_matrix("y", y)
-    n = _check_same_n([("x", x), ("y", y)])
-    _check_debiased_n(n, debiased)
+    x, y = _check_pair(x, y, kernel, debiased)
     if kernel == "rbf":
         return _gram_cka(_rbf("x", x, sigma), _rbf("y", y, sigma), debiased)
-    stats = _linear_stats([x], [y], ["x"], ["y"], allow_gram=_gram_allowed(x, y))
-    return stats.cka(debiased).reshape(())
+    return _pair_stats(x, y).cka(debiased).reshape(())
 
 
 def cka_matrix(
