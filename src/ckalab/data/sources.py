@@ -232,7 +232,10 @@ def offline_split_indices(labels: np.ndarray, num_classes: int) -> tuple[np.ndar
     return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 
-def _load_offline(info: DatasetInfo) -> RawDataset:
+def _load_offline(
+    info: DatasetInfo,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Both splits of an offline set: ``((x_train, y_train), (x_test, y_test))``."""
     path = offline_file(info.name)
     c, h, w = info.image_shape
     npix = c * h * w
@@ -243,16 +246,7 @@ def _load_offline(info: DatasetInfo) -> RawDataset:
     train_idx, test_idx = offline_split_indices(labels, info.num_classes)
     x_train, y_train = _finish(info, pixels[train_idx], labels[train_idx], str(path))
     x_test, y_test = _finish(info, pixels[test_idx], labels[test_idx], str(path))
-    return RawDataset(
-        name=info.name,
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
-        num_classes=info.num_classes,
-        image_shape=info.image_shape,
-        pixel_max=info.pixel_max,
-    )
+    return (x_train, y_train), (x_test, y_test)
 
 
 # --------------------------------------------------------------------------- public API
@@ -293,16 +287,11 @@ def load_split(
     info = get_info(name)
     _check_split(split)
     if info.offline:
-        raw = _cached((name, None, "all"), lambda: _offline_pair(info))
+        raw = _cached((name, None, "all"), lambda: _load_offline(info))
         return raw[0] if split == "train" else raw[1]
     folder = dataset_dir(name, data_dir).resolve()
     loader = _load_cifar_split if name == "cifar10" else _load_idx_split
     return _cached((name, str(folder), split), lambda: loader(info, split, folder))
-
-
-def _offline_pair(info: DatasetInfo):
-    raw = _load_offline(info)
-    return (raw.x_train, raw.y_train), (raw.x_test, raw.y_test)
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
