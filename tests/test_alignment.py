@@ -248,14 +248,17 @@ def test_debiasing_removes_the_high_dimensional_bias():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_float32_shifted_relu_features_are_accurate():
-    """ReLU features shifted by 1e3 in float32: within 1e-6 of the float64 value."""
+def shifted_relu_features(n: int, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ReLU features of random inputs shifted by 1e3 (n, p), and labels (n,) in {0, 1}."""
     g = torch.Generator().manual_seed(1)
-    n, p = 4000, 256
     w = torch.randn(100, p, generator=g) / 10
     inputs = torch.randn(n, 100, generator=g)
-    x32 = torch.relu(inputs @ w) + 1e3
-    labels = (inputs[:, 0] > 0).long()
+    return torch.relu(inputs @ w) + 1e3, (inputs[:, 0] > 0).long()
+
+
+def test_float32_shifted_relu_features_are_accurate():
+    """ReLU features shifted by 1e3 in float32: within 1e-6 of the float64 value."""
+    x32, labels = shifted_relu_features(4000, 256)
     y32 = A.one_hot(labels, 2)
     for debiased in (False, True):
         ref = float(A.cka(x32.double(), y32.double(), debiased=debiased))
@@ -525,12 +528,7 @@ def test_accumulator_equals_full_data_statistics(data):
 def test_accumulator_float32_shifted_relu_features_are_accurate():
     """float32 ReLU features shifted by 1e3: uneven chunks (single rows, one chunk above the
     float32 row limit) stay within 1e-6 of the float64 value."""
-    g = torch.Generator().manual_seed(1)
-    n, p = 6000, 256
-    w = torch.randn(100, p, generator=g) / 10
-    inputs = torch.randn(n, 100, generator=g)
-    x32 = torch.relu(inputs @ w) + 1e3
-    labels = (inputs[:, 0] > 0).long()
+    x32, labels = shifted_relu_features(6000, 256)
     xs = [x32, x32[:, :50] * 3, torch.relu(x32 - 1e3 - 0.5)]
     ys = [A.one_hot(labels, 2), A.signed_targets(labels)]
     ref = A.linear_gram_stats([t.double() for t in xs], [t.double() for t in ys])
