@@ -12,9 +12,10 @@ import torch
 from ckalab.alignment import cka
 from ckalab.config import ConfigError, OptimConfig, RunConfig, TrackingConfig
 from ckalab.data import Split, Task
+from ckalab.metrics import MetricRow
 from ckalab.models import MLP
 from ckalab.optim import build_optimizer, lr_factor
-from ckalab.tracking import EvalSet, Evaluator, MetricRow, batch_cka, tracking_steps
+from ckalab.tracking import EvalSet, Evaluator, batch_cka, tracking_steps
 from ckalab.train import RunResult, train
 
 # ----------------------------------------------------------------------------------------------

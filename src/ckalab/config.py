@@ -9,6 +9,8 @@ after loading, still before the first step, and raise :class:`ConfigError` with 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -33,9 +35,12 @@ __all__ = [
     "RunConfig",
     "TrackingConfig",
     "TrainConfig",
+    "canonical_json",
     "config_diff",
     "format_validation_error",
+    "identity",
     "parse_run_config",
+    "run_id",
 ]
 
 Activation = Literal["relu", "tanh", "gelu", "silu", "sigmoid", "erf", "linear"]
@@ -256,8 +261,55 @@ class RunConfig(_Section):
         return self
 
     def resume_key(self) -> dict[str, Any]:
-        """The configuration without the ``checkpoint`` section: what must match to resume."""
-        return self.model_dump(mode="json", exclude={"checkpoint"})
+        """What must match to resume a checkpoint: :func:`identity` (so a run checkpointed
+        with ``device="auto"`` resumes with ``device="cuda"``)."""
+        return identity(self)
+
+
+#: Fields that do not change the meaning of a run's results, left out of its identity: where it
+#: runs, where the data is cached, how evaluation is batched, and checkpointing.
+IDENTITY_EXCLUDE: dict[str, Any] = {
+    "train": {"device"},
+    "data": {"data_dir"},
+    "tracking": {"eval_batch_size"},
+    "checkpoint": True,
+}
+
+
+def identity(config: RunConfig) -> dict[str, Any]:
+    """The configuration that defines a run's science: every field with defaults filled in, as
+    JSON types (tuples become lists), without :data:`IDENTITY_EXCLUDE`."""
+    return config.model_dump(mode="json", exclude=IDENTITY_EXCLUDE)
+
+
+def canonical_json(config: RunConfig) -> str:
+    """The canonical JSON text of :func:`identity`, the input of :func:`run_id`.
+
+    Keys sorted at every level, no whitespace (``separators=(",", ":")``), ASCII only, floats
+    in Python's shortest round-trip form (``0.1``, ``1e-05``, ``1.0``: an integer given for a
+    float field is stored as a float, so ``lr = 1`` and ``lr = 1.0`` are the same run), and
+    non-finite numbers refused. Example for the defaults:
+    ``{"data":{"classes":null,"dataset":"digits",...},"model":{...},...}``.
+    """
+    return json.dumps(
+        identity(config),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
+    )
+
+
+#: Hex digits of a run id (48 bits: a collision among 10,000 runs has probability ~2e-7).
+RUN_ID_LENGTH = 12
+
+
+def run_id(config: RunConfig | Mapping[str, Any]) -> str:
+    """A short, stable id of a run: the first :data:`RUN_ID_LENGTH` hex digits of the SHA-256
+    of :func:`canonical_json`. The same science gives the same id on any machine and device."""
+    return hashlib.sha256(canonical_json(parse_run_config(config)).encode()).hexdigest()[
+        :RUN_ID_LENGTH
+    ]
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -1,9 +1,7 @@
 r"""What a run measures and when: metric rows, the tracking schedule, and the evaluator.
 
-Metric rows are long format (see DESIGN "Metrics layout"): ``(step, epoch, split, metric,
-layer, value)`` with ``step`` the number of updates done (0 = initialization), ``epoch =
-step / steps_per_epoch`` (a float), ``split`` ``"train"`` or ``"test"``, and ``layer`` a probe
-layer name or ``""`` for whole-model metrics. Metrics:
+Metric rows are long format (:mod:`ckalab.metrics`: ``(step, epoch, split, metric, layer,
+value)``). Metrics:
 
 - ``loss``, ``acc`` (layer ``""``): on the whole split, in eval mode.
 - ``cka``, ``cka_debiased`` (per probe layer): linear CKA of the layer's representation with the
@@ -29,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -40,6 +38,7 @@ from ckalab.alignment import (
     linear_gram_stats,
 )
 from ckalab.config import TrackingConfig
+from ckalab.metrics import MetricRow
 from ckalab.models import ProbedModel
 from ckalab.optim import compute_loss
 
@@ -50,24 +49,8 @@ __all__ = [
     "MetricRow",
     "batch_cka",
     "layer_cka",
-    "summarize",
     "tracking_steps",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class MetricRow:
-    """One measured value (long format)."""
-
-    step: int
-    epoch: float
-    split: str
-    metric: str
-    layer: str
-    value: float
-
-    def as_tuple(self) -> tuple[int, float, str, str, str, float]:
-        return astuple(self)  # type: ignore[return-value]
 
 
 def tracking_steps(config: TrackingConfig, steps_per_epoch: int, total_steps: int) -> list[int]:
@@ -356,33 +339,3 @@ def _accuracy(out: Tensor, y: Tensor, labels: Tensor) -> Tensor:
     else:
         correct = out.argmax(1) == labels
     return correct.to(torch.float64).mean()
-
-
-def summarize(
-    rows: Sequence[MetricRow], layers: Sequence[str], *, diverged: bool = False
-) -> dict[str, float]:
-    """Flat final values of a run, keyed ``{split}_{metric}`` (whole-model metrics) and
-    ``{split}_{metric}.{layer}``, from the last evaluation; ``{split}_{metric}_last`` repeats
-    the last of ``layers`` (the penultimate representation); ``train_batch_loss`` is the last
-    epoch's mean batch loss. ``diverged``: every value NaN (and at least the loss and accuracy
-    keys present), so a diverged run never passes for a finished one."""
-    out: dict[str, float] = {}
-    evals = [r for r in rows if r.metric == "loss"]
-    if evals:
-        last = max(r.step for r in evals)
-        for r in rows:
-            if r.step != last or r.metric.startswith("batch_"):
-                continue
-            key = f"{r.split}_{r.metric}" + (f".{r.layer}" if r.layer else "")
-            out[key] = r.value
-            if layers and r.layer == layers[-1]:
-                out[f"{r.split}_{r.metric}_last"] = r.value
-    batch = [r for r in rows if r.metric == "batch_loss"]
-    if batch:
-        out["train_batch_loss"] = batch[-1].value
-    if diverged:
-        out = dict.fromkeys(out, math.nan)
-        for split in ("train", "test"):
-            for metric in ("loss", "acc"):
-                out.setdefault(f"{split}_{metric}", math.nan)
-    return out

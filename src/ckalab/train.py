@@ -39,15 +39,14 @@ from torch import Tensor
 from ckalab.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ckalab.config import ConfigError, RunConfig, config_diff, parse_run_config
 from ckalab.data import BatchStream, Split, Task, default_augmentation, make_task
+from ckalab.metrics import MetricRow, rows_from_columns, rows_to_columns, summaries_from_rows
 from ckalab.models import ProbedModel, build_model
 from ckalab.optim import build_optimizer, compute_loss, lr_factor, set_learning_rates
 from ckalab.tracking import (
     BatchCKAMeter,
     EvalSet,
     Evaluator,
-    MetricRow,
     cka_targets,
-    summarize,
     tracking_steps,
 )
 
@@ -56,7 +55,7 @@ __all__ = ["MetricRow", "MetricsCallback", "RunResult", "resolve_device", "train
 #: Called with each batch of new metric rows as soon as they are measured.
 MetricsCallback = Callable[[list[MetricRow]], None]
 
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 _STREAM_INIT, _STREAM_DATA = 0, 1
 
 
@@ -91,12 +90,7 @@ class RunResult:
 
     def metrics_columns(self) -> dict[str, list[Any]]:
         """The metric rows as columns (``step, epoch, split, metric, layer, value``)."""
-        names = ("step", "epoch", "split", "metric", "layer", "value")
-        cols: dict[str, list[Any]] = {n: [] for n in names}
-        for row in self.metrics:
-            for n, v in zip(names, row.as_tuple(), strict=True):
-                cols[n].append(v)
-        return cols
+        return rows_to_columns(self.metrics)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -282,7 +276,7 @@ def _save(path: Path, s: _Setup, st: _State) -> None:
             "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "generator": s.generator.get_state(),
-            "rows": [list(r.as_tuple()) for r in st.rows],
+            "rows": rows_to_columns(st.rows),
         },
     )
 
@@ -290,7 +284,9 @@ def _save(path: Path, s: _Setup, st: _State) -> None:
 def _restore(path: Path, s: _Setup) -> _State:
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} has format {ckpt.get('format')!r}, expected 1")
+        raise ValueError(
+            f"checkpoint {path} has format {ckpt.get('format')!r}, expected {_CHECKPOINT_FORMAT}"
+        )
     diff = config_diff(ckpt["config"], s.config.resume_key())
     if diff:
         raise ValueError(
@@ -303,7 +299,7 @@ def _restore(path: Path, s: _Setup) -> _State:
     return _State(
         step=int(ckpt["step"]),
         epoch=int(ckpt["epoch"]),
-        rows=[MetricRow(*r) for r in ckpt["rows"]],
+        rows=rows_from_columns(ckpt["rows"]),
         wall_time=float(ckpt["wall_time"]),
         status=str(ckpt["status"]),
         diverged_at=ckpt["diverged_at"],
@@ -467,7 +463,7 @@ def train(
         metrics=list(st.rows),
         wall_time=st.wall_time,
         state_dict={k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()},
-        summaries=summarize(st.rows, s.layers, diverged=st.status == "diverged"),
+        summaries=summaries_from_rows(st.rows, s.layers, diverged=st.status == "diverged"),
         steps=st.step,
         steps_per_epoch=s.steps_per_epoch,
         probe_layers=s.layers,
