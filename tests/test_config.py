@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ckalab.config import (
+    DEFAULT_WIDTH,
     ConfigError,
     ModelConfig,
     OptimConfig,
@@ -107,6 +108,39 @@ def test_any_positive_lr_is_valid(lr: float) -> None:
 def test_non_positive_lr_is_refused(lr: float) -> None:
     with pytest.raises(ValidationError):
         OptimConfig(lr=lr)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"optim": {"lr": float("inf")}},
+        {"optim": {"readout_lr": float("inf")}},
+        {"optim": {"weight_decay": float("inf")}},
+        {"optim": {"betas": [0.9, float("nan")]}},
+        {"tracking": {"ratio": float("inf")}},
+        {"optim": {"lr": float("nan")}},
+    ],
+)
+def test_non_finite_floats_are_refused(data: dict) -> None:
+    with pytest.raises(ConfigError, match="finite number"):
+        parse_run_config(data)
+
+
+def test_width_defaults_by_architecture() -> None:
+    assert DEFAULT_WIDTH == {"mlp": 1024, "cnn": 64, "resnet": 16}
+    for arch, width in DEFAULT_WIDTH.items():
+        config = parse_run_config({"model": {"arch": arch}})
+        assert config.model.width == width
+        assert parse_run_config({"model": {"arch": arch, "width": None}}) == config
+        # The identity holds the width actually built: unset and explicit are the same run.
+        explicit = {"model": {"arch": arch, "width": width}}
+        assert run_id({"model": {"arch": arch}}) == run_id(explicit)
+    assert parse_run_config({"model": {"arch": "resnet", "width": 8}}).model.width == 8
+    assert "resnet 16" in (ModelConfig.model_fields["width"].description or "")
+    # An unknown arch is reported once, on its own field.
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({"model": {"arch": "vit"}})
+    assert "model.width" not in str(info.value)
 
 
 def test_model_config_roundtrip() -> None:

@@ -27,6 +27,7 @@ from pydantic import (
 from ckalab.data.registry import get_info
 
 __all__ = [
+    "DEFAULT_WIDTH",
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",
@@ -52,7 +53,12 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """Base of every section: unknown keys refused, immutable, defaults validated, and every
+    float field (of every section, also inside tuples) finite: ``inf`` and ``nan`` are refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(_Section):
@@ -111,21 +117,50 @@ class DataConfig(_Section):
         return v
 
 
+Arch = Literal["mlp", "cnn", "resnet"]
+
+#: The width of each architecture when ``model.width`` is not given: 1,024 hidden units for the
+#: MLP (the slow-feature-learning setting), 64 channels for the CNN, 16 channels in the first
+#: ResNet stage (CIFAR ResNet-20 style: stages of 16 / 32 / 64 channels).
+DEFAULT_WIDTH: dict[str, int] = {"mlp": 1024, "cnn": 64, "resnet": 16}
+
+
 class ModelConfig(_Section):
     """The network (see :mod:`ckalab.models`).
 
     ``depth``: hidden layers (MLP), convolutional blocks (CNN) or basic blocks per stage (ResNet,
-    ResNet-(6 depth + 2)). ``width``: hidden units (MLP) or channels (CNN; the first ResNet stage).
+    ResNet-(6 depth + 2)). ``width``: hidden units (MLP) or channels (CNN; the first ResNet stage;
+    the next stages have 2 and 4 times as many); unset, it is the architecture's default
+    (:data:`DEFAULT_WIDTH`: mlp 1024, cnn 64, resnet 16), filled in on validation so that the
+    validated configuration (and its :func:`run_id`) holds the width actually built.
     ``skip`` and ``batch_norm`` apply to convolutional models; ``bias`` to the MLP.
     """
 
-    arch: Literal["mlp", "cnn", "resnet"] = "mlp"
+    arch: Arch = "mlp"
     depth: int = Field(default=1, ge=1)
-    width: int = Field(default=1024, ge=1)
+    width: int = Field(
+        default=None,  # type: ignore[assignment]  # always filled by _default_width
+        ge=1,
+        description=(
+            "hidden units (mlp) or channels (cnn; first resnet stage); default by arch: "
+            + ", ".join(f"{a} {w}" for a, w in DEFAULT_WIDTH.items())
+        ),
+    )
     activation: Activation = "relu"
     bias: bool = True
     batch_norm: bool = True
     skip: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_width(cls, data: Any) -> Any:
+        """An unset (or null) ``width`` becomes the architecture's :data:`DEFAULT_WIDTH`."""
+        if isinstance(data, Mapping) and data.get("width") is None:
+            arch = data.get("arch", "mlp")
+            # An unknown arch fails on its own field; the width then only needs to be valid.
+            width = DEFAULT_WIDTH.get(arch, DEFAULT_WIDTH["mlp"]) if isinstance(arch, str) else 1
+            data = {**data, "width": width}
+        return data
 
 
 class OptimConfig(_Section):

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ckalab.config import DEFAULT_WIDTH
+
 if TYPE_CHECKING:
     from ckalab.config import ModelConfig
 
@@ -175,7 +177,7 @@ class MLP(ProbedModel):
         num_outputs: int,
         *,
         depth: int = 1,
-        width: int = 1024,
+        width: int = DEFAULT_WIDTH["mlp"],
         activation: str = "relu",
         bias: bool = True,
         generator: torch.Generator | None = None,
@@ -241,7 +243,7 @@ class CNN(ProbedModel):
         num_outputs: int,
         *,
         depth: int = 2,
-        width: int = 32,
+        width: int = DEFAULT_WIDTH["cnn"],
         activation: str = "relu",
         batch_norm: bool = True,
         generator: torch.Generator | None = None,
@@ -329,7 +331,7 @@ class ResNet(ProbedModel):
         num_outputs: int,
         *,
         depth: int = 1,
-        width: int = 16,
+        width: int = DEFAULT_WIDTH["resnet"],
         activation: str = "relu",
         batch_norm: bool = True,
         skip: bool = True,
