@@ -245,9 +245,10 @@ def test_probe_balanced_when_classes_differ():
         torch.zeros(35, 1),
         torch.tensor([0] * 30 + [1] * 5),
     )
-    from ckalab.data.tasks import _probe, _rng
+    from ckalab.data.tasks import _probe
+    from ckalab.seeds import Stream, numpy_rng
 
-    probe = _probe(split, 30, 2, _rng(0, 2))
+    probe = _probe(split, 30, 2, numpy_rng(0, Stream.PROBE_TRAIN))
     assert probe.class_counts() == [25, 5]
 
 

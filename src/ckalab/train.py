@@ -6,9 +6,10 @@ learning rate ``lr`` for the ``features`` parameter group and ``readout_lr`` for
 per-layer CKA with the targets on a schedule.
 
 Purity and repeatability: nothing global is read or changed (no ``torch.manual_seed``; Python's
-and numpy's global generators are never used). Two ``torch.Generator`` objects derived from
-``train.seed`` drive everything random: one initializes the weights, the other draws the epoch
-permutations and the augmentation. The data layer seeds its subsampling from the same seed. On
+and numpy's global generators are never used). Everything random draws from the named streams
+of :mod:`ckalab.seeds`, derived from ``train.seed``: ``weights`` initializes the model,
+``batches`` draws the epoch permutations and the augmentation, and the data layer draws its
+subsets from ``subsample_*`` and ``probe_*``. On
 the CPU the same configuration gives bit-for-bit the same weights and metrics (given the same
 torch build and thread count); on CUDA, up to the nondeterminism of its kernels.
 
@@ -32,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,6 +42,7 @@ from ckalab.data import BatchStream, Split, Task, default_augmentation, make_tas
 from ckalab.metrics import MetricRow, rows_from_columns, rows_to_columns, summaries_from_rows
 from ckalab.models import ProbedModel, build_model
 from ckalab.optim import build_optimizer, compute_loss, lr_factor, set_learning_rates
+from ckalab.seeds import Stream, torch_generator
 from ckalab.tracking import (
     BatchCKAMeter,
     EvalSet,
@@ -56,7 +57,6 @@ __all__ = ["MetricRow", "MetricsCallback", "RunResult", "resolve_device", "train
 MetricsCallback = Callable[[list[MetricRow]], None]
 
 _CHECKPOINT_FORMAT = 2
-_STREAM_INIT, _STREAM_DATA = 0, 1
 
 
 @dataclass
@@ -98,12 +98,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def derive_seed(seed: int, stream: int) -> int:
-    """An independent 63-bit seed for ``stream`` from the run seed (numpy ``SeedSequence``)."""
-    state = np.random.SeedSequence([stream, seed]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) >> 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,14 +192,14 @@ def _setup(config: RunConfig, task: Task | None = None) -> _Setup:
     _check_against_data(config, len(task.train))
     k = task.num_classes
     num_outputs = k if config.train.loss == "cross_entropy" else int(task.train.y.shape[1])
-    init_gen = torch.Generator().manual_seed(derive_seed(config.train.seed, _STREAM_INIT))
+    init_gen = torch_generator(config.train.seed, Stream.WEIGHTS)
     try:
         model = build_model(config.model, task.input_shape, num_outputs, generator=init_gen)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     model = model.to(device)
     layers = _tracked_layers(config, model)
-    generator = torch.Generator().manual_seed(derive_seed(config.train.seed, _STREAM_DATA))
+    generator = torch_generator(config.train.seed, Stream.BATCHES)
     augment = default_augmentation(config.data.dataset) if config.train.augment else None
     stream = BatchStream(
         task.train,

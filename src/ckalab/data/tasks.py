@@ -19,9 +19,10 @@ Conventions:
   int64 ``(n,)`` task labels.
 * Subsampling (``n_train`` / ``n_test``) is stratified: each class keeps its share of the
   split (largest-remainder rounding, at least one example per class), chosen at random with
-  ``seed``. Probe subsets are class-balanced: equal counts per class as far as the classes
-  allow (a class with too few examples gives all it has; the rest is shared by the others).
-  Selected examples keep dataset order.
+  ``seed`` (streams ``subsample_train`` / ``subsample_test`` of :mod:`ckalab.seeds`). Probe
+  subsets are class-balanced: equal counts per class as far as the classes allow (a class with
+  too few examples gives all it has; the rest is shared by the others), drawn from the streams
+  ``probe_train`` / ``probe_test``. Selected examples keep dataset order.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import Tensor
 from ckalab import alignment
 from ckalab.data.registry import get_info
 from ckalab.data.sources import load_split
+from ckalab.seeds import Stream, numpy_rng
 
 __all__ = [
     "DEFAULT_PROBE_SIZE",
@@ -56,9 +58,6 @@ ENCODINGS = ("one_hot", "signed", "index")
 DEFAULT_PROBE_SIZE = 10_000
 #: Smallest divisor of a non-constant feature in standardization (pixels are in [0, 1]).
 MIN_STD = 0.05
-
-# Independent random streams derived from the task seed.
-_STREAM_TRAIN, _STREAM_TEST, _STREAM_PROBE_TRAIN, _STREAM_PROBE_TEST = range(4)
 
 
 # --------------------------------------------------------------------------- encodings
@@ -258,10 +257,6 @@ def _sample(labels: np.ndarray, alloc: np.ndarray, rng: np.random.Generator) -> 
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([stream, seed])
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -418,13 +413,13 @@ def make_task(
 
     x_train_raw, y_train_raw = load_split(info.name, "train", data_dir=data_dir)
     x_test_raw, y_test_raw = load_split(info.name, "test", data_dir=data_dir)
+    rng_train = numpy_rng(seed, Stream.SUBSAMPLE_TRAIN)
+    rng_test = numpy_rng(seed, Stream.SUBSAMPLE_TEST)
+    pmax = info.pixel_max
     x_train, l_train = _build_split(
-        x_train_raw, y_train_raw, lut, n_train, _rng(seed, _STREAM_TRAIN), "n_train",
-        info.pixel_max,
-    )  # fmt: skip
-    x_test, l_test = _build_split(
-        x_test_raw, y_test_raw, lut, n_test, _rng(seed, _STREAM_TEST), "n_test", info.pixel_max
+        x_train_raw, y_train_raw, lut, n_train, rng_train, "n_train", pmax
     )
+    x_test, l_test = _build_split(x_test_raw, y_test_raw, lut, n_test, rng_test, "n_test", pmax)
 
     mean = std = None
     if standardize:
@@ -442,8 +437,8 @@ def make_task(
 
     train = Split(x_train, encode(l_train, encoding, k), l_train)
     test = Split(x_test, encode(l_test, encoding, k), l_test)
-    probe_train = _probe(train, probe_size, k, _rng(seed, _STREAM_PROBE_TRAIN))
-    probe_test = _probe(test, probe_size, k, _rng(seed, _STREAM_PROBE_TEST))
+    probe_train = _probe(train, probe_size, k, numpy_rng(seed, Stream.PROBE_TRAIN))
+    probe_test = _probe(test, probe_size, k, numpy_rng(seed, Stream.PROBE_TEST))
     task = Task(
         name=info.name,
         classes=class_tuple,
