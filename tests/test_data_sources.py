@@ -35,7 +35,7 @@ from ckalab.data import (
     load_dataset,
     load_split,
 )
-from ckalab.data.cli import print_datasets
+from ckalab.data.listing import print_datasets
 from ckalab.data.registry import RemoteFile
 from ckalab.data.sources import local_status, offline_split_indices
 

@@ -15,7 +15,7 @@ from ckalab import __version__
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from ckalab.data.cli import print_datasets
+    from ckalab.data.listing import print_datasets
 
     print_datasets(data_dir=args.data_dir)
     return 0

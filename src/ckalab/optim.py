@@ -1,4 +1,4 @@
-"""Optimizers with per-group learning rates, the learning-rate schedule, and the losses.
+"""Optimizers with per-group learning rates and the learning-rate schedule.
 
 The schedule is a pure function of the update index (no scheduler object with hidden state):
 before update ``t`` every group's learning rate is set to ``base_lr(group) * lr_factor(t)``, so
@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from ckalab.config import OptimConfig
 from ckalab.models import ProbedModel
 
-__all__ = ["build_optimizer", "compute_loss", "lr_factor", "set_learning_rates"]
+__all__ = ["build_optimizer", "lr_factor", "set_learning_rates"]
 
 
 def build_optimizer(model: ProbedModel, config: OptimConfig) -> torch.optim.Optimizer:
@@ -97,18 +95,3 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """Set every group's ``lr`` to ``base_lr * factor``."""
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-
-
-def compute_loss(kind: str, output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """The training loss.
-
-    ``mse``: ``(output - target)^2`` averaged over batch and outputs; ``output`` (n, k) and
-    ``target`` (n, k) float (one-hot or +-1). ``cross_entropy``: softmax cross-entropy averaged
-    over the batch, with ``target`` int64 labels (n,) or class probabilities (n, k) (one-hot).
-    ``reduction="sum"`` sums instead of averaging (over the same elements).
-    """
-    if kind == "mse":
-        return F.mse_loss(output, target, reduction=reduction)
-    if kind == "cross_entropy":
-        return F.cross_entropy(output, target, reduction=reduction)
-    raise ValueError(f"train.loss: unknown loss {kind!r}; known: mse, cross_entropy")

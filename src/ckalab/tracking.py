@@ -40,7 +40,7 @@ from ckalab.alignment import (
 from ckalab.config import TrackingConfig
 from ckalab.metrics import MetricRow
 from ckalab.models import ProbedModel
-from ckalab.optim import compute_loss
+from ckalab.objective import compute_loss
 
 __all__ = [
     "BatchCKAMeter",

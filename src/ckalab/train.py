@@ -41,7 +41,8 @@ from ckalab.config import ConfigError, RunConfig, config_diff, parse_run_config
 from ckalab.data import BatchStream, Split, Task, default_augmentation, make_task
 from ckalab.metrics import MetricRow, rows_from_columns, rows_to_columns, summaries_from_rows
 from ckalab.models import ProbedModel, build_model
-from ckalab.optim import build_optimizer, compute_loss, lr_factor, set_learning_rates
+from ckalab.objective import compute_loss
+from ckalab.optim import build_optimizer, lr_factor, set_learning_rates
 from ckalab.seeds import Stream, torch_generator
 from ckalab.tracking import (
     BatchCKAMeter,

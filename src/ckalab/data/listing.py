@@ -1,4 +1,5 @@
-"""``ckalab datasets``: list the datasets, what is available offline, and where the cache is."""
+"""The dataset listing: each dataset, whether it is available offline, and where the cache is
+(printed by ``ckalab datasets``)."""
 
 from __future__ import annotations
 
