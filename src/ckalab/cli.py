@@ -8,6 +8,7 @@ that ``ckalab --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,10 +52,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"ckalab: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``ckalab datasets | head -3``): stop quietly.
+
+    The Python documentation's recipe (``signal`` module, "Note on SIGPIPE"): point stdout at
+    devnull so that the interpreter's final flush does not fail again, and exit with status 1.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+        pass
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
