@@ -16,7 +16,7 @@ from ckalab.metrics import MetricRow
 from ckalab.models import MLP
 from ckalab.optim import build_optimizer, lr_factor
 from ckalab.tracking import EvalSet, Evaluator, batch_cka, tracking_steps
-from ckalab.train import RunResult, train
+from ckalab.train import RunResult, resolve_device, train
 
 # ----------------------------------------------------------------------------------------------
 # Helpers: tiny synthetic tasks
@@ -290,6 +290,24 @@ def test_batch_larger_than_the_split_fails_before_training() -> None:
         train(config(tracking={"layers": ["hidden9"]}), task=synthetic_task())
     with pytest.raises(ConfigError, match=r"optim\.lr"):
         train({"optim": {"lr": -1}}, task=synthetic_task())
+
+
+def test_unavailable_device_is_a_configuration_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        train(config(train={"device": "cuda"}), task=synthetic_task())
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("train.device = 'cuda': CUDA is not available on this machine")
+    assert "available: 'auto', 'cpu'" in message
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(
+        ConfigError, match=r"'cuda:2': this machine has 2 CUDA device\(s\); .*'cuda:1'"
+    ):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_divergence_ends_the_run_quietly() -> None:

@@ -52,7 +52,14 @@ from ckalab.tracking import (
     tracking_steps,
 )
 
-__all__ = ["MetricRow", "MetricsCallback", "RunResult", "resolve_device", "train"]
+__all__ = [
+    "MetricRow",
+    "MetricsCallback",
+    "RunResult",
+    "available_devices",
+    "resolve_device",
+    "train",
+]
 
 #: Called with each batch of new metric rows as soon as they are measured.
 MetricsCallback = Callable[[list[MetricRow]], None]
@@ -94,11 +101,41 @@ class RunResult:
         return rows_to_columns(self.metrics)
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can train on: ``cpu``, ``cuda:0`` .. ``cuda:N-1``, ``mps``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; anything else as given."""
+    """``"auto"``: CUDA when available, else the CPU; anything else as given.
+
+    A device this machine does not have (``cuda`` without CUDA, ``cuda:3`` with two GPUs,
+    ``mps`` off a Mac) raises :class:`~ckalab.config.ConfigError` naming ``train.device`` and
+    the devices that are available.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    available = available_devices()
+    if device.type == "cpu" or str(device) in available:
+        return device
+    if (device.type == "cuda" and device.index is None and "cuda:0" in available) or (
+        device.type == "mps" and "mps" in available
+    ):
+        return device
+    have = ", ".join(repr(d) for d in ["auto", *available])
+    what = {"cuda": "CUDA", "mps": "MPS"}.get(device.type, device.type)
+    if device.type == "cuda" and torch.cuda.is_available():
+        reason = f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    else:
+        reason = f"{what} is not available on this machine"
+    raise ConfigError(f"train.device = {name!r}: {reason}; available: {have}")
 
 
 # ----------------------------------------------------------------------------------------------
