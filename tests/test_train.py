@@ -360,7 +360,26 @@ class Killed(Exception):
     pass
 
 
-def test_killed_and_resumed_run_is_bit_for_bit_equal(tmp_path: Path) -> None:
+def count_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the training steps actually executed (each computes one training loss)."""
+    import ckalab.train as train_module
+
+    calls = [0]
+    real = train_module.compute_loss
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "compute_loss", counting)
+    return calls
+
+
+def test_killed_and_resumed_run_is_bit_for_bit_equal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckalab.checkpoint import load_checkpoint
+
     task = synthetic_task()
     cfg = config(
         optim={"momentum": 0.9, "schedule": "cosine", "warmup_steps": 3},
@@ -369,25 +388,36 @@ def test_killed_and_resumed_run_is_bit_for_bit_equal(tmp_path: Path) -> None:
         checkpoint={"dir": str(tmp_path), "every_epochs": 1},
     )
     plain = train(cfg.model_copy(update={"checkpoint": RunConfig().checkpoint}), task=task)
+    assert plain.steps == 20 and plain.steps_per_epoch == 4
 
     def kill_at_end_of_epoch_4(rows: list[MetricRow]) -> None:
         if any(r.step == 16 for r in rows):  # before epoch 4's checkpoint is written
             raise Killed
 
+    steps = count_training_steps(monkeypatch)
     with pytest.raises(Killed):
         train(cfg, task=task, on_metrics=kill_at_end_of_epoch_4)
+    assert steps[0] == 16
     assert (tmp_path / "checkpoint.pt").is_file()
     assert not list(tmp_path.glob("*.tmp"))
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["step"] == 12  # taken at the end of epoch 3
+    assert saved["wall_time"] > 0  # the killed segment's time is kept
 
+    steps[0] = 0
     later: list[MetricRow] = []
     resumed = train(cfg, task=task, on_metrics=later.extend)  # automatic resume
+    assert steps[0] == 20 - 12  # only the remaining steps ran
     assert_same_weights(plain, resumed)
     assert resumed.metrics == plain.metrics
     assert resumed.summaries == plain.summaries
-    assert min(r.step for r in later) > 12  # the checkpoint was taken at the end of epoch 3
+    assert min(r.step for r in later) > 12
+    assert resumed.wall_time > saved["wall_time"]  # summed over both segments
 
-    # A finished run resumes at its end: nothing to do, same result.
+    # A finished run resumes at its end: no step runs, same result.
+    steps[0] = 0
     again = train(cfg, task=task)
+    assert steps[0] == 0
     assert_same_weights(plain, again)
     assert again.metrics == plain.metrics
 
@@ -405,12 +435,14 @@ def test_resume_from_an_explicit_file_and_mismatch(tmp_path: Path) -> None:
         train(changed, task=task, resume_from=path)
 
 
-def test_no_resume_when_disabled(tmp_path: Path) -> None:
+def test_no_resume_when_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     task = synthetic_task()
     cfg = config(checkpoint={"dir": str(tmp_path), "resume": False}, train={"epochs": 1})
     a = train(cfg, task=task)
-    b = train(cfg, task=task)
-    assert a.metrics == b.metrics and b.wall_time < a.wall_time + 60
+    steps = count_training_steps(monkeypatch)
+    b = train(cfg, task=task)  # the finished checkpoint is there, but ignored: a fresh run
+    assert steps[0] == a.steps == 4
+    assert a.metrics == b.metrics
 
 
 # ----------------------------------------------------------------------------------------------

@@ -289,12 +289,13 @@ class _State:
     step: int = 0
     epoch: int = 0
     rows: list[MetricRow] = field(default_factory=list)
-    wall_time: float = 0.0
+    wall_time: float = 0.0  # seconds spent by the segments before this one
     status: str = "running"
     diverged_at: int | None = None
 
 
-def _save(path: Path, s: _Setup, st: _State) -> None:
+def _save(path: Path, s: _Setup, st: _State, wall_time: float) -> None:
+    """Checkpoint the state; ``wall_time``: the seconds spent so far, this segment included."""
     save_checkpoint(
         path,
         {
@@ -304,7 +305,7 @@ def _save(path: Path, s: _Setup, st: _State) -> None:
             "epoch": st.epoch,
             "status": st.status,
             "diverged_at": st.diverged_at,
-            "wall_time": st.wall_time,
+            "wall_time": wall_time,
             "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "generator": s.generator.get_state(),
@@ -360,8 +361,13 @@ class _Loop:
         ckpt_path: Path | None,
     ) -> None:
         self.s, self.st, self.on_metrics, self.ckpt_path = s, st, on_metrics, ckpt_path
+        self.started = time.perf_counter()
         self.batch_cka_layer = s.layers[-1] if s.config.tracking.batch_cka else None
         self.evaluated: set[int] = {r.step for r in st.rows if r.metric == "loss"}
+
+    def wall_time(self) -> float:
+        """Seconds spent so far: the earlier segments' and this one's."""
+        return self.st.wall_time + (time.perf_counter() - self.started)
 
     def emit(self, rows: list[MetricRow]) -> None:
         self.st.rows.extend(rows)
@@ -444,7 +450,7 @@ class _Loop:
             return
         every = self.s.config.checkpoint.every_epochs
         if self.st.status == "running" and self.st.epoch % every == 0:
-            _save(self.ckpt_path, self.s, self.st)
+            _save(self.ckpt_path, self.s, self.st, self.wall_time())
 
 
 def train(
@@ -479,15 +485,14 @@ def train(
         source = ckpt_path if ckpt_path.is_file() else None
     st = _restore(source, s) if source is not None else _State()
 
-    start = time.perf_counter()
     loop = _Loop(s, st, on_metrics, ckpt_path)
     if st.status == "running":
         loop.run()
     if st.status == "running":  # zero epochs left (cannot happen with total_steps >= 1)
         st.status = "done"
-    st.wall_time += time.perf_counter() - start
+    st.wall_time = loop.wall_time()
     if ckpt_path is not None:
-        _save(ckpt_path, s, st)
+        _save(ckpt_path, s, st, st.wall_time)
 
     return RunResult(
         config=config,
