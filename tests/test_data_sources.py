@@ -25,6 +25,8 @@ from ckalab.cli import main as cli_main
 from ckalab.data import (
     DATASETS,
     ChecksumError,
+    CorruptFileError,
+    DataError,
     DownloadError,
     MissingPackageError,
     clear_cache,
@@ -240,8 +242,11 @@ def test_truncated_local_mnist_file(tmp_path):
     header = b"\x00\x00\x08\x03" + (10_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
     (folder / "t10k-images-idx3-ubyte").write_bytes(header + b"\x00" * 1234)
     (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + b"\x00\x00\x27\x10")
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*expected 7840000 bytes.*1234"):
+    with pytest.raises(
+        CorruptFileError, match=r"t10k-images-idx3-ubyte.*expected 7840000 bytes.*1234"
+    ) as info:
         load_split("mnist", "test", data_dir=tmp_path)
+    assert isinstance(info.value, DataError) and isinstance(info.value, ValueError)
 
 
 def test_label_count_mismatch(tmp_path):

@@ -477,6 +477,23 @@ def test_bad_data_settings_name_the_section() -> None:
         train({"data": {"dataset": "digits", "classes": [0, 1]}, "train": {"batch_size": 5000}})
 
 
+def test_a_truncated_dataset_file_is_a_data_error_not_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    from ckalab.data import DataError, clear_cache
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    header = b"\x00\x00\x08\x03" + (60_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (folder / "train-images-idx3-ubyte").write_bytes(header + b"\x00" * 1234)  # truncated
+    labels = b"\x00\x00\x08\x01" + (60_000).to_bytes(4, "big") + b"\x00" * 60_000
+    (folder / "train-labels-idx1-ubyte").write_bytes(labels)
+    clear_cache()
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: truncated") as info:
+        train({"data": {"dataset": "mnist", "classes": [0, 1], "data_dir": str(tmp_path)}})
+    assert not isinstance(info.value, ConfigError)
+
+
 def test_one_pass_and_separate_probe_pass_agree() -> None:
     model = MLP(16, 2, depth=2, width=4)
     s = synthetic_task().train

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ckalab.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ckalab.config import ConfigError, RunConfig, config_diff, parse_run_config
-from ckalab.data import BatchStream, Split, Task, default_augmentation, make_task
+from ckalab.data import BatchStream, DataError, Split, Task, default_augmentation, make_task
 from ckalab.metrics import MetricRow, rows_from_columns, rows_to_columns, summaries_from_rows
 from ckalab.models import ProbedModel, build_model
 from ckalab.objective import compute_loss
@@ -180,9 +180,9 @@ def _load_task(config: RunConfig, device: torch.device) -> Task:
             data_dir=d.data_dir,
             device=device,
         )
+    except DataError:  # a broken or missing file: the data, not the configuration
+        raise
     except ValueError as exc:
-        if type(exc) is not ValueError:  # e.g. a checksum error: not a configuration problem
-            raise
         raise ConfigError(f"data: {exc}") from exc
 
 
@@ -469,6 +469,9 @@ def train(
     there is resumed automatically. ``on_metrics(rows)`` is called with each group of new metric
     rows as soon as they exist (after a resume, only rows measured after the checkpoint; a
     crash between a checkpoint and the next may make them repeat, with identical values).
+
+    A dataset file that is corrupt, truncated or cannot be downloaded raises a
+    :class:`ckalab.data.DataError` (never a ``ConfigError``): repair or delete the file.
 
     ``task`` (a :class:`ckalab.data.Task`) replaces the task that ``config.data`` describes
     (synthetic data, tests, benchmarks); ``config.data`` is then ignored, except that

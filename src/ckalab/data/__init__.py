@@ -17,7 +17,13 @@ from ckalab.data.augment import (
     random_translate,
 )
 from ckalab.data.batches import BatchStream
-from ckalab.data.errors import ChecksumError, DownloadError, MissingPackageError
+from ckalab.data.errors import (
+    ChecksumError,
+    CorruptFileError,
+    DataError,
+    DownloadError,
+    MissingPackageError,
+)
 from ckalab.data.idx import parse_idx, read_idx
 from ckalab.data.registry import DATASETS, DatasetInfo, data_home, dataset_dir, get_info
 from ckalab.data.sources import RawDataset, clear_cache, is_available, load_dataset, load_split
@@ -37,6 +43,8 @@ __all__ = [
     "Augmentation",
     "BatchStream",
     "ChecksumError",
+    "CorruptFileError",
+    "DataError",
     "DatasetInfo",
     "DownloadError",
     "MissingPackageError",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ckalab.data.errors import CorruptFileError
+
 __all__ = ["IDX_DTYPES", "parse_idx", "read_idx"]
 
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -36,7 +38,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as exc:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: corrupt or truncated gzip stream ({exc}); delete the file so it can be "
             "downloaded again"
         ) from exc
@@ -54,29 +56,32 @@ def parse_idx(data: bytes, source: str = "<bytes>", *, ndim: int | None = None) 
         A new (writable) numpy array in native byte order with the file's shape.
 
     Raises:
-        ValueError: naming ``source`` and what was expected, on any malformation (bad magic
-            number, unknown dtype code, wrong ndim, truncated header or data, trailing bytes).
+        CorruptFileError: (a ``ValueError``) naming ``source`` and what was expected, on any
+            malformation (bad magic number, unknown dtype code, wrong ndim, truncated header or
+            data, trailing bytes).
     """
     if len(data) < 4:
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: not an IDX file: expected a 4-byte header, found {len(data)} bytes"
         )
     if data[0] != 0 or data[1] != 0:
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: not an IDX file: expected the magic number to start with two zero "
             f"bytes, found 0x{data[0]:02x} 0x{data[1]:02x}"
         )
     code, file_ndim = data[2], data[3]
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02x}" for c in IDX_DTYPES)
-        raise ValueError(f"{source}: unknown IDX dtype code 0x{code:02x}; expected one of {known}")
+        raise CorruptFileError(
+            f"{source}: unknown IDX dtype code 0x{code:02x}; expected one of {known}"
+        )
     if ndim is not None and file_ndim != ndim:
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: expected an IDX file with {ndim} dimensions, found {file_ndim}"
         )
     header = 4 + 4 * file_ndim
     if len(data) < header:
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: truncated IDX header: expected {header} bytes for {file_ndim} "
             f"dimensions, found {len(data)}"
         )
@@ -87,7 +92,7 @@ def parse_idx(data: bytes, source: str = "<bytes>", *, ndim: int | None = None) 
     if found != expected:
         what = "truncated" if found < expected else "trailing bytes in"
         shape = " x ".join(str(d) for d in dims)
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: {what} IDX data: expected {expected} bytes of data "
             f"({shape} {dtype.name}), found {found}"
         )

@@ -29,6 +29,7 @@ import os
 import pickle
 import tarfile
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ckalab.data.download import fetch_file, find_local
-from ckalab.data.errors import MissingPackageError
+from ckalab.data.errors import CorruptFileError, MissingPackageError
 from ckalab.data.idx import read_idx
 from ckalab.data.registry import DatasetInfo, dataset_dir, get_info
 
@@ -101,12 +102,18 @@ def _finish(
     info: DatasetInfo, x: np.ndarray, y: np.ndarray, source: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate shapes/labels, convert to the canonical dtypes and make the arrays read-only."""
-    x = np.ascontiguousarray(x, dtype=np.uint8).reshape((-1, *info.image_shape))
+    x = np.ascontiguousarray(x, dtype=np.uint8)
+    if x.size % int(np.prod(info.image_shape)):
+        raise CorruptFileError(
+            f"{source}: {x.size} pixel values are not a whole number of "
+            f"{'x'.join(map(str, info.image_shape))} images"
+        )
+    x = x.reshape((-1, *info.image_shape))
     y = np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
     if len(x) != len(y):
-        raise ValueError(f"{source}: {len(x)} images but {len(y)} labels")
+        raise CorruptFileError(f"{source}: {len(x)} images but {len(y)} labels")
     if len(y) and (y.min() < 0 or y.max() >= info.num_classes):
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: labels must lie in 0..{info.num_classes - 1}, "
             f"found {int(y.min())}..{int(y.max())}"
         )
@@ -129,12 +136,12 @@ def _load_idx_split(info: DatasetInfo, which: str, folder: Path) -> tuple[np.nda
     labels = read_idx(lbl_path, ndim=1)
     _, h, w = info.image_shape
     if images.shape[1:] != (h, w) or images.dtype != np.uint8:
-        raise ValueError(
+        raise CorruptFileError(
             f"{img_path}: expected uint8 images of {h} x {w}, "
             f"found {images.dtype} images of {' x '.join(map(str, images.shape[1:]))}"
         )
     if len(images) != len(labels):
-        raise ValueError(
+        raise CorruptFileError(
             f"{lbl_path}: expected {len(images)} labels (one per image in {img_path.name}), "
             f"found {len(labels)}"
         )
@@ -150,9 +157,9 @@ def _unpickle(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(batch[b"data"], dtype=np.uint8)
         y = np.asarray(batch[b"labels"], dtype=np.int64)
     except Exception as exc:
-        raise ValueError(f"{source}: not a CIFAR-10 python batch ({exc})") from exc
+        raise CorruptFileError(f"{source}: not a CIFAR-10 python batch ({exc})") from exc
     if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{source}: expected a (n, 3072) data array, found shape {x.shape}")
+        raise CorruptFileError(f"{source}: expected a (n, 3072) data array, found shape {x.shape}")
     return x, y
 
 
@@ -172,12 +179,12 @@ def _load_cifar_split(info: DatasetInfo, which: str, folder: Path) -> tuple[np.n
                 members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
                 for n in names:
                     if n not in members:
-                        raise ValueError(f"{tar_path}: expected a member {_CIFAR_DIR}/{n}")
+                        raise CorruptFileError(f"{tar_path}: expected a member {_CIFAR_DIR}/{n}")
                     fobj = tar.extractfile(members[n])
                     assert fobj is not None
                     parts.append(_unpickle(fobj.read(), f"{tar_path}:{n}"))
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ValueError(f"{tar_path}: corrupt or truncated tar archive ({exc})") from exc
+            raise CorruptFileError(f"{tar_path}: corrupt or truncated tar archive ({exc})") from exc
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     return _finish(info, x, y, source)
@@ -207,15 +214,21 @@ def offline_file(name: str) -> Path:
 
 
 def _read_csv_gz(path: Path, ncols: int) -> np.ndarray:
-    with gzip.open(path, "rt") as f:
-        text = f.read()
-    rows = [r for r in text.splitlines() if r.strip()]
-    values = np.array(",".join(rows).split(","), dtype=np.float64)
+    try:
+        with gzip.open(path, "rt") as f:
+            text = f.read()
+        rows = [r for r in text.splitlines() if r.strip()]
+        values = np.array(",".join(rows).split(","), dtype=np.float64)
+    except (EOFError, OSError, UnicodeDecodeError, ValueError, zlib.error) as exc:
+        raise CorruptFileError(
+            f"{path}: corrupt or truncated gzipped CSV ({exc}); reinstall the package that "
+            "ships it (pip install --force-reinstall ckalab[offline])"
+        ) from exc
     if values.size != len(rows) * ncols:
-        raise ValueError(f"{path}: expected {ncols} comma-separated columns per row")
+        raise CorruptFileError(f"{path}: expected {ncols} comma-separated columns per row")
     table = values.reshape(len(rows), ncols)
     if not np.array_equal(table, np.round(table)):
-        raise ValueError(f"{path}: expected integer values")
+        raise CorruptFileError(f"{path}: expected integer values")
     return table.astype(np.int64)
 
 
@@ -242,7 +255,7 @@ def _load_offline(
     table = _read_csv_gz(path, npix + 1)
     pixels, labels = table[:, :npix], table[:, npix]
     if pixels.min() < 0 or pixels.max() > info.pixel_max:
-        raise ValueError(f"{path}: expected pixel values in 0..{info.pixel_max}")
+        raise CorruptFileError(f"{path}: expected pixel values in 0..{info.pixel_max}")
     train_idx, test_idx = offline_split_indices(labels, info.num_classes)
     x_train, y_train = _finish(info, pixels[train_idx], labels[train_idx], str(path))
     x_test, y_test = _finish(info, pixels[test_idx], labels[test_idx], str(path))
@@ -303,7 +316,9 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None) -
             ``$CKALAB_DATA`` or the user cache directory.
 
     Raises:
-        ValueError: unknown dataset, malformed file, checksum mismatch.
+        ValueError: unknown dataset.
+        CorruptFileError: a malformed, corrupt or truncated file (a :class:`DataError`).
+        ChecksumError: a download did not match its checksum (a :class:`DataError`).
         DownloadError: a needed file is missing and could not be downloaded.
         MissingPackageError: an offline set's package is not installed
             (``pip install ckalab[offline]``).
