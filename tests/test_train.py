@@ -517,9 +517,80 @@ def test_checkpoint_files(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["c.pt"]
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable checkpoint"):
-        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_unreadable_checkpoints_say_why_and_how_to_recover(tmp_path: Path) -> None:
+    from ckalab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    good = save_checkpoint(tmp_path / "good.pt", {"a": torch.ones(1000)}).read_bytes()
+
+    import datetime
+
+    torch.save({"a": datetime.date(2020, 1, 1)}, tmp_path / "foreign.pt")  # pickled object
+    cases = {
+        "empty.pt": (b"", r"is empty \(0 bytes\)"),
+        "garbage.pt": (b"not a checkpoint", r"not a checkpoint file"),
+        "cut.pt": (good[: len(good) // 2], r"truncated"),
+        "foreign.pt": (None, r"objects other than tensors"),
+    }
+    for name, (data, reason) in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=reason) as info:
+            load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert "\n" not in message and name in message
+        assert "delete it" in message and "checkpoint.resume = false" in message
+        assert "weights_only" not in message
+
+
+def test_a_corrupt_checkpoint_stops_the_run_until_deleted_or_ignored(tmp_path: Path) -> None:
+    from ckalab.checkpoint import CheckpointError
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    cfg = config(train={"epochs": 1}, checkpoint={"dir": str(tmp_path)})
+    with pytest.raises(CheckpointError, match=r"checkpoint\.resume = false"):
+        train(cfg, task=synthetic_task())
+    ignored = config(train={"epochs": 1}, checkpoint={"dir": str(tmp_path), "resume": False})
+    assert train(ignored, task=synthetic_task()).status == "done"
+    assert train(cfg, task=synthetic_task()).status == "done"  # overwritten: resumes now
+
+
+def test_stale_temporary_checkpoints_are_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from ckalab.checkpoint import STALE_AFTER, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    stale = tmp_path / ".checkpoint.pt.0123abcd.tmp"  # left by a save killed mid-write
+    live = tmp_path / ".checkpoint.pt.4567ef01.tmp"  # being written right now
+    other = tmp_path / ".other.pt.89abcdef.tmp"  # another file's: not ours to remove
+    for p in (stale, live, other):
+        p.write_bytes(b"x" * 100)
+    old = time.time() - STALE_AFTER - 5
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    save_checkpoint(path, {"a": 1})
+    assert not stale.exists() and live.exists() and other.exists()
+    os.utime(live, (old, old))
+    load_checkpoint(path)
+    assert not live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_checkpoints_respect_the_umask(tmp_path: Path, umask: int) -> None:
+    import os
+    import stat
+
+    from ckalab.checkpoint import save_checkpoint
+
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "checkpoint.pt", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
 def test_optimizer_falls_back_when_torch_has_no_fused_cpu_step(monkeypatch) -> None:
