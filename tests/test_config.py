@@ -70,6 +70,30 @@ def test_invalid_values_name_the_field(data: dict, field: str, value: str) -> No
     assert f"{field} = {value}" in message
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"dataset": "mnist", "classes": [4, 12]},
+        {"dataset": "mnist", "classes": [4]},
+        {"dataset": "mnist", "classes": [4, 9, 4]},
+        {"dataset": "digits", "n_train": 5000},
+        {"dataset": "mnist-5k", "n_test": 1001},
+        {"dataset": "mnist", "classes": [1, 2, 3], "n_train": 2},
+        {"dataset": "mnist", "classes": [1, 2, 3, 4, 5], "probe_size": 4},
+    ],
+)
+def test_class_and_size_rules_are_the_ones_make_task_applies(data: dict) -> None:
+    """One declaration of the class and size checks: the configuration refuses exactly what
+    make_task refuses, with the same message."""
+    from ckalab.data import make_task
+
+    with pytest.raises(ValueError) as from_task:
+        make_task(**data)  # fails before any file is read
+    with pytest.raises(ConfigError) as from_config:
+        parse_run_config({"data": data})
+    assert str(from_task.value) in str(from_config.value)
+
+
 def test_unknown_keys_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown field"):
         parse_run_config({"optim": {"learning_rate": 0.1}})

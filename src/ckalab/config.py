@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from ckalab.data.registry import get_info
+from ckalab.data.registry import check_classes, check_size, get_info
 
 __all__ = [
     "DEFAULT_WIDTH",
@@ -91,29 +91,17 @@ class DataConfig(_Section):
         dataset = info.data.get("dataset")
         if v is None or dataset is None:
             return v
-        num_classes = get_info(dataset).num_classes
-        missing = [c for c in v if not 0 <= c < num_classes]
-        if missing:
-            raise ValueError(
-                f"dataset {dataset!r} has no class {missing[0]}; its classes are "
-                f"0..{num_classes - 1}"
-            )
-        if len(v) < 2:
-            raise ValueError("a task needs at least two classes")
-        if len(set(v)) != len(v):
-            raise ValueError("duplicate classes")
-        return v
+        return check_classes(dataset, v)  # the rule make_task applies
 
-    @field_validator("n_train", "n_test")
+    @field_validator("n_train", "n_test", "probe_size")
     @classmethod
-    def _not_more_than_available(cls, v: int | None, info: ValidationInfo) -> Any:
+    def _sizes_fit(cls, v: int | None, info: ValidationInfo) -> Any:
         dataset = info.data.get("dataset")
-        if v is None or dataset is None:
-            return v
-        split = "train" if info.field_name == "n_train" else "test"
-        available = getattr(get_info(dataset), info.field_name)
-        if v > available:
-            raise ValueError(f"larger than the {available} {split} examples of {dataset!r}")
+        if v is None or dataset is None or "classes" not in info.data:
+            return v  # a bad dataset or class subset is reported on its own field
+        classes = info.data["classes"]
+        k = get_info(dataset).num_classes if classes is None else len(classes)
+        check_size(dataset, info.field_name, v, k)  # the rule make_task applies
         return v
 
 

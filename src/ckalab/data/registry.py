@@ -7,18 +7,22 @@ the ``data_dir`` argument, the ``CKALAB_DATA`` environment variable, or the user
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+import numpy as np
 import platformdirs
 
 __all__ = [
     "DATASETS",
     "DatasetInfo",
     "RemoteFile",
+    "check_classes",
+    "check_size",
     "data_home",
     "dataset_dir",
     "get_info",
@@ -235,3 +239,71 @@ def data_home(data_dir: str | os.PathLike[str] | None = None) -> Path:
 def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The folder holding the files of dataset ``name``: ``<data home>/<name>``."""
     return data_home(data_dir) / get_info(name).name
+
+
+# --------------------------------------------------------------------------- task checks
+# Declared once, used by the run configuration (ckalab.config.DataConfig) and by make_task.
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool)
+
+
+def check_classes(dataset: str, classes: object) -> tuple[int, ...]:
+    """The class subset ``classes`` of ``dataset``, checked: a sequence of at least two
+    distinct integer labels of the dataset, in the order given; None means all classes.
+
+    Raises ValueError with one line (``dataset 'mnist' has no class 12; its classes are 0..9``).
+    """
+    info = get_info(dataset)
+    k = info.num_classes
+    if classes is None:
+        return tuple(range(k))
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (Sequence, np.ndarray)):
+        raise ValueError(f"classes must be a sequence of integer labels, got {classes!r}")
+    out = []
+    for c in list(classes):
+        if not _is_int(c):
+            raise ValueError(f"classes must be integer labels, got {c!r} in {list(classes)!r}")
+        if not 0 <= int(c) < k:
+            raise ValueError(
+                f"dataset {info.name!r} has no class {int(c)}; its classes are 0..{k - 1}"
+            )
+        out.append(int(c))
+    if len(out) < 2:
+        raise ValueError(f"a task needs at least two classes, got {out!r}")
+    dupes = sorted({c for c in out if out.count(c) > 1})
+    if dupes:
+        raise ValueError(f"duplicate classes {dupes!r} in {out!r}")
+    return tuple(out)
+
+
+def check_size(dataset: str, name: str, value: object, num_classes: int) -> int | None:
+    """A size of a task, checked: ``n_train`` / ``n_test`` (at most the split's examples) or
+    ``probe_size`` (no upper bound), at least one example per class (``num_classes``), or None.
+
+    Raises ValueError with one line (``n_train=5000 is larger than the 1438 train examples of
+    'digits'``). Whether the *chosen classes* have that many examples is known only once the
+    labels are loaded (checked by :func:`ckalab.data.make_task`).
+    """
+    if name not in ("n_train", "n_test", "probe_size"):
+        raise ValueError(f"unknown size {name!r}; expected n_train, n_test or probe_size")
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer or None, got {value!r}")
+    value = int(value)
+    if value < num_classes:
+        raise ValueError(
+            f"{name}={value} is too small: it must be at least {num_classes} (one example per "
+            "class)"
+        )
+    if name != "probe_size":
+        info = get_info(dataset)
+        available = getattr(info, name)
+        if value > available:
+            split = "train" if name == "n_train" else "test"
+            raise ValueError(
+                f"{name}={value} is larger than the {available} {split} examples of {info.name!r}"
+            )
+    return value

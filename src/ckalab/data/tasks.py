@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ckalab import alignment
-from ckalab.data.registry import get_info
+from ckalab.data.registry import _is_int, check_classes, check_size, get_info
 from ckalab.data.sources import load_split
 from ckalab.seeds import Stream, numpy_rng
 
@@ -257,50 +257,6 @@ def _sample(labels: np.ndarray, alloc: np.ndarray, rng: np.random.Generator) -> 
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _validate_classes(classes: object, num_classes: int, dataset: str) -> tuple[int, ...]:
-    if classes is None:
-        return tuple(range(num_classes))
-    if isinstance(classes, (str, bytes)) or not isinstance(classes, (Sequence, np.ndarray)):
-        raise ValueError(f"classes must be a sequence of integer labels, got {classes!r}")
-    out = []
-    for c in list(classes):
-        if not _is_int(c):
-            raise ValueError(f"classes must be integer labels, got {c!r} in {list(classes)!r}")
-        if not 0 <= int(c) < num_classes:
-            raise ValueError(
-                f"dataset {dataset!r} has no class {int(c)}; its classes are 0..{num_classes - 1}"
-            )
-        out.append(int(c))
-    if len(out) < 2:
-        raise ValueError(f"a task needs at least two classes, got {out!r}")
-    dupes = sorted({c for c in out if out.count(c) > 1})
-    if dupes:
-        raise ValueError(f"duplicate classes {dupes!r} in {out!r}")
-    return tuple(out)
-
-
-def _validate_count(name: str, value: object, minimum: int, maximum: int | None) -> int | None:
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an integer or None, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(
-            f"{name}={value} is too small: it must be at least {minimum} (one example per class)"
-        )
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value} is larger than the {maximum} examples available")
-    return value
-
-
 # --------------------------------------------------------------------------- building
 
 
@@ -386,7 +342,7 @@ def make_task(
     ValueError naming it.
     """
     info = get_info(dataset)
-    class_tuple = _validate_classes(classes, info.num_classes, info.name)
+    class_tuple = check_classes(info.name, classes)
     k = len(class_tuple)
     if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
@@ -395,9 +351,9 @@ def make_task(
             f"encoding 'signed' needs exactly two classes, got {k} ({list(class_tuple)}); "
             "use 'one_hot' or 'index'"
         )
-    n_train = _validate_count("n_train", n_train, k, info.n_train)
-    n_test = _validate_count("n_test", n_test, k, info.n_test)
-    probe_size = _validate_count("probe_size", probe_size, k, None)
+    n_train = check_size(info.name, "n_train", n_train, k)
+    n_test = check_size(info.name, "n_test", n_test, k)
+    probe_size = check_size(info.name, "probe_size", probe_size, k)
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     for flag_name, flag in (("flatten", flatten), ("standardize", standardize)):
