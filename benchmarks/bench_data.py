@@ -14,7 +14,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ckalab.data import BatchStream, Split, one_hot
+from ckalab.alignment import one_hot
+from ckalab.data import BatchStream, Split
 
 N, D, K, BATCH = 12_665, 784, 2, 128
 

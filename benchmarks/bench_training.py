@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ckalab.alignment import one_hot
 from ckalab.config import RunConfig
 from ckalab.data import Split, Task
 from ckalab.train import train
@@ -69,7 +70,7 @@ def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def to_split(images: np.ndarray, labels: np.ndarray) -> Split:
     x = torch.from_numpy(images).reshape(len(images), -1).float().div_(255)
     lab = torch.from_numpy(labels)
-    return Split(x, nn.functional.one_hot(lab, 2).float(), lab)
+    return Split(x, one_hot(lab, 2), lab)
 
 
 def make_synthetic_task(
@@ -153,7 +154,7 @@ def hand_loop_epochs(images: np.ndarray, labels: np.ndarray, epochs: int) -> flo
     for _ in range(epochs):
         for x, y in loader:
             x = x.view(-1, SIDE * SIDE).to(DEVICE)
-            y = nn.functional.one_hot(y, 2).float().to(DEVICE)
+            y = one_hot(y, 2).to(DEVICE)
             out, h = model(x)
             loss = loss_fn(out, y)
             opt.zero_grad()

@@ -1,17 +1,12 @@
-"""The named random streams: distinct, stable, and the only seed derivation in the package."""
+"""The named random streams: distinct and stable (tests/test_layout.py: the only derivation)."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ckalab.seeds import Stream, derive_seed, numpy_rng, torch_generator
-
-SRC = Path(__file__).resolve().parents[1] / "src" / "ckalab"
 
 
 def test_streams_have_distinct_keys_and_the_expected_names() -> None:
@@ -49,14 +44,3 @@ def test_bad_arguments() -> None:
         derive_seed(0, 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-negative"):
         derive_seed(-1, Stream.WEIGHTS)
-
-
-def test_no_other_module_derives_seeds() -> None:
-    """Generators are seeded only through ckalab.seeds (no ad-hoc stream numbers elsewhere)."""
-    pattern = re.compile(r"SeedSequence|default_rng\(\[|manual_seed\(derive")
-    offenders = [
-        p.relative_to(SRC).as_posix()
-        for p in SRC.rglob("*.py")
-        if p.name != "seeds.py" and pattern.search(p.read_text())
-    ]
-    assert offenders == []

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from ckalab.alignment import one_hot
 from ckalab.models import MLP
 from ckalab.tracking import EvalSet, Evaluator, layer_cka
 
@@ -17,7 +18,7 @@ def _data(n: int, d: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, 
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(n, d, generator=g) + 2.0).to(dtype)
     labels = (x[:, 0] + 0.3 * x[:, 1] > 2.0).long()
-    y = nn.functional.one_hot(labels, 2).to(dtype)
+    y = one_hot(labels, 2, dtype=dtype)
     return x, y, labels
 
 
@@ -118,7 +119,9 @@ def test_non_finite_and_dead_layers_give_nan_quietly() -> None:
     for metric, ref in zip(("cka", "cka_debiased"), reference, strict=True):
         assert got[metric, "good"] == pytest.approx(float(ref[0]), abs=1e-6)
         assert math.isnan(got[metric, "broken"]) and math.isnan(got[metric, "dead"])
-        assert math.isnan(got[metric + "_avg", ""])
+        # The average skips the undefined layers and says how many it averaged.
+        assert got[metric + "_avg", ""] == got[metric, "good"]
+        assert got[metric + "_layers", ""] == 1
     assert math.isfinite(got["loss", ""])
 
 

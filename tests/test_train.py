@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from ckalab.alignment import cka
+from ckalab.alignment import cka, one_hot, signed_targets
 from ckalab.config import ConfigError, OptimConfig, RunConfig, TrackingConfig
 from ckalab.data import Split, Task
 from ckalab.metrics import MetricRow
@@ -25,9 +25,9 @@ from ckalab.train import RunResult, resolve_device, train
 
 def _split(x: torch.Tensor, labels: torch.Tensor, k: int, encoding: str) -> Split:
     if encoding == "one_hot":
-        y = torch.nn.functional.one_hot(labels, k).float()
+        y = one_hot(labels, k)
     elif encoding == "signed":
-        y = (2.0 * labels.float() - 1.0).unsqueeze(1)
+        y = signed_targets(labels)
     else:
         y = labels.clone()
     return Split(x, y, labels)
@@ -114,6 +114,7 @@ def test_run_records_the_metrics_layout() -> None:
         for metric in ("cka", "cka_debiased"):
             assert {(split, metric, "hidden1"), (split, metric, "hidden2")} <= at_end
             assert (split, f"{metric}_avg", "") in at_end
+            assert (split, f"{metric}_layers", "") in at_end
     assert ("train", "batch_loss", "") in at_end
     assert all(r.epoch == r.step / 4 for r in result.metrics)
     loss = rows(result, "loss")
@@ -124,6 +125,7 @@ def test_run_records_the_metrics_layout() -> None:
     assert s["train_cka_avg"] == pytest.approx(
         (s["train_cka.hidden1"] + s["train_cka.hidden2"]) / 2
     )
+    assert s["train_cka_layers"] == s["test_cka_debiased_layers"] == 2
     assert 0 <= s["test_acc"] <= 1
     cols = result.metrics_columns()
     assert list(cols) == ["step", "epoch", "split", "metric", "layer", "value"]
@@ -336,17 +338,39 @@ def test_dead_layer_gives_nan_without_warning() -> None:
         batch_size=7,
     )
     out = {(r.metric, r.layer): r.value for r in evaluator(model, 0, 0.0)}
-    assert math.isnan(out["cka", "hidden1"]) and math.isnan(out["cka_avg", ""])
-    assert math.isnan(out["cka_debiased", "hidden1"])
+    assert math.isnan(out["cka", "hidden1"]) and math.isnan(out["cka_debiased", "hidden1"])
+    # hidden2 sees a constant input: dead too. No layer defined: the average is NaN.
+    assert math.isnan(out["cka", "hidden2"])
+    assert math.isnan(out["cka_avg", ""]) and out["cka_layers", ""] == 0
+    assert math.isnan(out["cka_debiased_avg", ""]) and out["cka_debiased_layers", ""] == 0
     assert math.isfinite(out["loss", ""])
     assert model.training
+
+
+def test_layer_averages_skip_undefined_layers_and_count_the_rest() -> None:
+    model = MLP(16, 2, depth=3, width=4)
+    with torch.no_grad():
+        model.blocks["hidden3"].linear.weight.zero_()  # a constant (dead) last layer
+    s = synthetic_task().train
+    evaluator = Evaluator(
+        [EvalSet("train", s.x, s.y, s.labels, None, s.y)],
+        loss="mse",
+        layers=("hidden1", "hidden2", "hidden3"),
+        batch_size=16,
+    )
+    out = {(r.metric, r.layer): r.value for r in evaluator(model, 0, 0.0)}
+    for metric in ("cka", "cka_debiased"):
+        assert math.isnan(out[metric, "hidden3"])
+        assert out[f"{metric}_layers", ""] == 2
+        mean = (out[metric, "hidden1"] + out[metric, "hidden2"]) / 2
+        assert out[f"{metric}_avg", ""] == pytest.approx(mean)
 
 
 def test_batch_cka_matches_alignment() -> None:
     g = torch.Generator().manual_seed(0)
     for n, p in ((8, 3), (16, 40), (5, 5)):
         x = torch.randn(n, p, generator=g)
-        y = torch.nn.functional.one_hot(torch.arange(n) % 2, 2).float()
+        y = one_hot(torch.arange(n) % 2, 2)
         assert float(batch_cka(x, y)) == pytest.approx(float(cka(x, y)), rel=1e-5)
     assert math.isnan(float(batch_cka(torch.ones(4, 3), y[:4])))
 

@@ -12,11 +12,18 @@ value)``). Metrics:
   concatenation of the features; a layer at least as wide as the probe set is collected and
   computed with :func:`ckalab.alignment.linear_gram_stats`, whose n x n route is then cheaper).
 - ``cka_avg``, ``cka_debiased_avg`` (layer ``""``): the mean of the above over the tracked
-  layers (NaN if any layer's value is NaN: a dead layer is not silently dropped).
+  layers whose value is defined (a layer whose value is NaN is skipped); NaN only if no layer
+  has a value. ``cka_layers``, ``cka_debiased_layers`` (layer ``""``): how many layers that
+  mean averaged, so a skipped layer is never silent.
 - ``batch_loss`` (split ``"train"``, layer ``""``): mean training-batch loss over an epoch.
 - ``batch_cka`` (split ``"train"``, layer = last tracked layer): the classic per-batch CKA of
   the last hidden layer with the batch targets, computed from the training forward pass of
   each step, averaged over the epoch's batches (batches where it is undefined are skipped).
+
+Undefined values (one rule, :class:`_ProbeCKA`): a layer whose features contain NaN or Inf, or
+have zero variance (a dead layer), gets NaN for both estimators, with no exception and no
+warning; the debiased estimator is NaN when the probe set has fewer than 4 examples, both when
+it has fewer than 2. Any other error propagates.
 
 Evaluation never changes training: no random numbers are drawn, the model is switched to eval
 mode (BatchNorm uses running statistics and updates nothing) and back, and no gradient is kept.
@@ -24,10 +31,12 @@ mode (BatchNorm uses running statistics and updates nothing) and back, and no gr
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -35,7 +44,9 @@ from torch import Tensor
 from ckalab.alignment import (
     DegenerateRepresentationWarning,
     LinearCKAAccumulator,
+    LinearGramStats,
     linear_gram_stats,
+    one_hot,
 )
 from ckalab.config import TrackingConfig
 from ckalab.metrics import MetricRow
@@ -51,6 +62,8 @@ __all__ = [
     "layer_cka",
     "tracking_steps",
 ]
+
+_T = TypeVar("_T")
 
 
 def tracking_steps(config: TrackingConfig, steps_per_epoch: int, total_steps: int) -> list[int]:
@@ -81,39 +94,21 @@ def cka_targets(y: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     ``(n, 1)``), else the one-hot encoding of ``labels``."""
     if y.is_floating_point():
         return y if y.ndim == 2 else y.unsqueeze(1)
-    return torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float32)
+    return one_hot(labels.long(), num_classes)
 
 
 def layer_cka(features: Sequence[Tensor], targets: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """Biased and debiased linear CKA of each ``(n, p_i)`` feature matrix with ``targets``.
 
-    One :func:`ckalab.alignment.linear_gram_stats` call computes the expensive products once
-    for both estimators. Returns two lists of 0-dim float64 tensors. A layer with non-finite
-    values or zero variance gets NaN (no exception, no warning); debiased CKA is NaN when
-    ``n < 4``.
+    The evaluator's computation (:class:`_ProbeCKA`) on the whole feature matrices at once, with
+    its rule for undefined values (module docstring): a layer with non-finite values or zero
+    variance gets NaN (no exception, no warning); debiased CKA is NaN when ``n < 4``. Returns
+    two lists of 0-dim float64 tensors.
     """
-    n = targets.shape[0]
-    nan = torch.tensor(math.nan, dtype=torch.float64, device=targets.device)
-    biased, debiased = [nan] * len(features), [nan] * len(features)
-    if n < 2 or not features:
-        return biased, debiased
-    keep = list(range(len(features)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateRepresentationWarning)
-        try:
-            stats = linear_gram_stats(list(features), [targets])
-        except ValueError:  # non-finite features (rare): drop those layers and retry
-            keep = [i for i, f in enumerate(features) if bool(torch.isfinite(f).all())]
-            if not keep:
-                return biased, debiased
-            stats = linear_gram_stats([features[i] for i in keep], [targets])
-        b = stats.cka(debiased=False)[:, 0]
-        d = stats.cka(debiased=True)[:, 0] if n >= 4 else None
-    for j, i in enumerate(keep):
-        biased[i] = b[j]
-        if d is not None:
-            debiased[i] = d[j]
-    return biased, debiased
+    names = [str(i) for i in range(len(features))]
+    probe = _ProbeCKA(names, targets)
+    probe.update(dict(zip(names, features, strict=True)))
+    return probe.compute()
 
 
 def batch_cka(features: Tensor, targets: Tensor) -> Tensor:
@@ -258,8 +253,18 @@ class Evaluator:
         for metric, vals in (("cka", biased), ("cka_debiased", debiased)):
             keys += [(s.split, metric, name) for name in self.layers]
             values += vals
-            keys.append((s.split, f"{metric}_avg", ""))
-            values.append(torch.stack(vals).mean())
+            average, count = _defined_mean(vals)
+            keys += [(s.split, f"{metric}_avg", ""), (s.split, f"{metric}_layers", "")]
+            values += [average, count]
+
+
+def _defined_mean(values: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """The mean of the finite ``values`` and how many there are (0-dim float64 tensors, no host
+    synchronization); the mean is NaN when none is finite."""
+    v = torch.stack(list(values)).to(torch.float64)
+    defined = torch.isfinite(v)
+    count = defined.sum().to(torch.float64)
+    return torch.where(defined, v, 0.0).sum() / count, count
 
 
 class _ProbeCKA:
@@ -267,9 +272,13 @@ class _ProbeCKA:
 
     A layer narrower than the probe set (``p < n``) is accumulated exactly by a
     :class:`~ckalab.alignment.LinearCKAAccumulator` (memory ``O(p^2)``, no concatenation); a
-    wider one is collected and computed by :func:`layer_cka` (the n x n route is cheaper then).
-    Chunks arrive in row order; row ``k`` of the stream is row ``k`` of ``targets``. The values
-    are those of :func:`layer_cka` on the concatenated features, including its NaN rules.
+    wider one is collected and computed by :func:`~ckalab.alignment.linear_gram_stats` (the
+    n x n route is cheaper then). Chunks arrive in row order; row ``k`` of the stream is row
+    ``k`` of ``targets``.
+
+    The rule for undefined values lives here, once (:meth:`_guarded`): the alignment library
+    refuses non-finite features with a ValueError; such a layer is marked dead and gets NaN,
+    while any other error propagates. Zero variance gives NaN, its warning silenced.
     """
 
     def __init__(self, layers: Sequence[str], targets: Tensor) -> None:
@@ -280,6 +289,22 @@ class _ProbeCKA:
         self.stream: dict[str, LinearCKAAccumulator] = {}
         self.collect: dict[str, list[Tensor]] = {}
         self.dead: set[str] = set()  # non-finite features: NaN
+
+    def _guarded(self, name: str, features: Tensor | None, compute: Callable[[], _T]) -> _T | None:
+        """``compute()``, or None with ``name`` marked dead if it failed on non-finite
+        ``features`` (None: the features were checked before, any failure propagates);
+        degenerate-representation warnings are silenced (the value is NaN)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateRepresentationWarning)
+            try:
+                return compute()
+            except ValueError:
+                if features is None or bool(torch.isfinite(features).all()):
+                    raise
+        self.dead.add(name)
+        self.stream.pop(name, None)
+        self.collect.pop(name, None)
+        return None
 
     def update(self, probes: dict[str, Tensor]) -> None:
         if not self.layers:
@@ -297,38 +322,42 @@ class _ProbeCKA:
                     self.collect[name] = []
             if name in self.collect:
                 self.collect[name].append(f)
-                continue
-            try:
-                self.stream[name].update(f, y)
-            except ValueError:
-                if bool(torch.isfinite(f).all()):
-                    raise
-                self.dead.add(name)
-                del self.stream[name]
+            else:
+                acc = self.stream[name]
+                self._guarded(name, f, lambda acc=acc, f=f: acc.update(f, y))
         self.rows += rows
 
     def compute(self) -> tuple[list[Tensor], list[Tensor]]:
-        """Biased and debiased CKA per layer, as :func:`layer_cka` returns them."""
+        """Biased and debiased CKA per layer: 0-dim float64 tensors, NaN where undefined."""
         n = self.n
         nan = torch.tensor(math.nan, dtype=torch.float64, device=self.targets.device)
         biased, debiased = [nan] * len(self.layers), [nan] * len(self.layers)
         if n < 2:
             return biased, debiased
-        wide = [name for name in self.layers if name in self.collect]
-        if wide:
-            b, d = layer_cka([torch.cat(self.collect[name]) for name in wide], self.targets)
-            for name, vb, vd in zip(wide, b, d, strict=True):
-                k = self.layers.index(name)
-                biased[k], debiased[k] = vb, vd
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DegenerateRepresentationWarning)
-            for name, acc in self.stream.items():
-                k = self.layers.index(name)
-                stats = acc.stats()
-                biased[k] = stats.cka(debiased=False)[0, 0]
-                if n >= 4:
-                    debiased[k] = stats.cka(debiased=True)[0, 0]
+        for k, name in enumerate(self.layers):
+            if name in self.stream:
+                acc = self.stream[name]
+                features = None
+                stats_of: Callable[[], LinearGramStats] = acc.stats
+            elif name in self.collect:
+                features = torch.cat(self.collect[name])
+                stats_of = functools.partial(linear_gram_stats, [features], [self.targets])
+            else:
+                continue  # dead
+            values = self._guarded(
+                name, features, lambda stats_of=stats_of: _both_estimators(stats_of(), n)
+            )
+            if values is not None:
+                biased[k], debiased[k] = values
         return biased, debiased
+
+
+def _both_estimators(stats: LinearGramStats, n: int) -> tuple[Tensor, Tensor]:
+    """Biased and debiased CKA of the first pair of ``stats``; debiased NaN when ``n < 4``."""
+    biased = stats.cka(debiased=False)[0, 0]
+    if n < 4:
+        return biased, torch.full_like(biased, math.nan)
+    return biased, stats.cka(debiased=True)[0, 0]
 
 
 def _accuracy(out: Tensor, y: Tensor, labels: Tensor) -> Tensor:
