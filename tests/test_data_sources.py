@@ -322,6 +322,7 @@ def test_mnist_5k_offline():
     assert 80 < ink < 250
 
 
+@pytest.mark.slow  # imports scikit-learn
 def test_digits_offline_matches_sklearn():
     raw = load_dataset("digits")
     info = DATASETS["digits"]

@@ -93,7 +93,13 @@ def test_readme_has_python_examples():
     assert sum(len(expectations(b)) for b in BLOCKS) >= 5
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.parametrize(
+    "index",
+    [  # the examples that train a network are slow
+        pytest.param(i, marks=[pytest.mark.slow] if "train(" in block else [])
+        for i, block in enumerate(BLOCKS)
+    ],
+)
 def test_readme_example_runs_and_prints_what_it_says(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = BLOCKS[index]

@@ -43,7 +43,9 @@ def _evaluated(evaluator: Evaluator, model, split: str) -> dict[tuple[str, str],
 @pytest.mark.parametrize(
     ("dtype", "tol"), [(torch.float64, 1e-9), (torch.float32, 1e-6)], ids=["f64", "f32"]
 )
-@pytest.mark.parametrize("batch_size", [1, 7, 64, 500])
+@pytest.mark.parametrize(
+    "batch_size", [pytest.param(1, marks=pytest.mark.slow), 7, 64, 500]
+)  # batch size 1: one accumulator update per example
 def test_streamed_equals_concatenated(dtype: torch.dtype, tol: float, batch_size: int) -> None:
     torch.manual_seed(0)
     model = MLP(12, 2, depth=3, width=24).to(dtype)

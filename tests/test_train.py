@@ -399,6 +399,7 @@ def count_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_is_bit_for_bit_equal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -474,6 +475,7 @@ def test_no_resume_when_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_trains_on_digits(arch: str) -> None:
     result = train(
