@@ -9,9 +9,9 @@ Purity and repeatability: nothing global is read or changed (no ``torch.manual_s
 and numpy's global generators are never used). Everything random draws from the named streams
 of :mod:`ckalab.seeds`, derived from ``train.seed``: ``weights`` initializes the model,
 ``batches`` draws the epoch permutations and the augmentation, and the data layer draws its
-subsets from ``subsample_*`` and ``probe_*``. On
-the CPU the same configuration gives bit-for-bit the same weights and metrics (given the same
-torch build and thread count); on CUDA, up to the nondeterminism of its kernels.
+subsets from ``subsample_*`` and ``probe_*``. On the CPU the same configuration gives
+bit-for-bit the same weights and metrics (given the same torch build and thread count); on
+CUDA, up to the nondeterminism of its kernels.
 
 Divergence: the running sum of the epoch's batch losses (kept on the device, no per-step host
 synchronization) and the parameters are checked at every tracking point and every epoch end; a
@@ -78,7 +78,8 @@ class RunResult:
         wall_time: seconds spent (summed over resumed segments).
         state_dict: final model parameters and buffers, on the CPU.
         summaries: final values, flat: ``train_loss``, ``test_acc``, ``train_cka_avg``,
-            ``test_cka_debiased_avg``, ``train_cka_last`` (last tracked layer),
+            ``test_cka_debiased_avg``, ``train_cka_layers`` (layers in that average),
+            ``train_cka_last`` (last tracked layer),
             ``train_cka.<layer>``, ..., and ``train_batch_loss`` (last epoch). All NaN-valued
             for a diverged run; only ``train_batch_loss`` without tracking.
         steps: updates done; ``steps_per_epoch``; ``probe_layers``: the tracked layers.
