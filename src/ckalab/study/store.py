@@ -128,6 +128,7 @@ def _atomic_write(path: Path, write: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from collaborators
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -583,6 +584,8 @@ def _filter_expression(filters: Mapping[str, Any], columns: Sequence[str]) -> An
         values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
         col = ds.field(field)
         term = col.isin(values) if values else None
+        if not values and not nulls and not nan:
+            term = ds.scalar(False)  # an empty list of accepted values accepts nothing
         for extra in ([col.is_null()] if nulls else []) + ([col.is_nan()] if nan else []):
             term = extra if term is None else term | extra
         if term is None:
@@ -666,7 +669,8 @@ def load_results(
     mexpr = None
     for name, values in (("metric", metrics), ("split", splits), ("layer", layers)):
         if values is not None:
-            term = ds.field(name).isin([values] if isinstance(values, str) else list(values))
+            accepted = [values] if isinstance(values, str) else list(values)
+            term = ds.field(name).isin(accepted) if accepted else ds.scalar(False)
             mexpr = term if mexpr is None else mexpr & term
     if files:
         metrics_table = ds.dataset(files, format="parquet").to_table(filter=mexpr)
