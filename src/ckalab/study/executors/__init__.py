@@ -19,6 +19,8 @@ loss or weights become non-finite is ``diverged``, not failed.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import socket
 import time
 import traceback
@@ -40,6 +42,11 @@ __all__ = [
     "failed_outcome",
     "make_executor",
 ]
+
+
+#: Fault injection for tests: a worker about to train the run whose id this environment
+#: variable holds kills itself with SIGKILL (a worker "dying" as if out of memory).
+CRASH_ENV = "CKALAB_TEST_CRASH_RUN"
 
 
 @dataclass(frozen=True)
@@ -139,12 +146,14 @@ def execute_task(task: RunTask, report: Report | None = None) -> RunOutcome:
     from ckalab.metrics import rows_to_table
     from ckalab.train import train
 
+    if report is not None:
+        report(Event("started", task.run_id, 0.0, task.epochs))
+    if os.environ.get(CRASH_ENV) == task.run_id:  # fault injection for the tests
+        os.kill(os.getpid(), signal.SIGKILL)
     if task.threads is not None:
         import torch
 
         torch.set_num_threads(task.threads)
-    if report is not None:
-        report(Event("started", task.run_id, 0.0, task.epochs))
     last = [-1.0]
 
     def on_metrics(rows: list[Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -52,11 +51,22 @@ def _init_worker(events: Any, threads: int) -> None:
 
 def _post(event: Event) -> None:
     if _EVENTS is not None:
-        _EVENTS.put(event)
+        # A SimpleQueue writes synchronously: a "started" event is in the pipe before the run
+        # begins, so the driver knows which run a worker held even if it dies right after.
+        _EVENTS.put((event, os.getpid()))
 
 
 def _work(task: RunTask) -> RunOutcome:
     return execute_task(task, _post)
+
+
+def _died_on_its_own(proc: Any) -> bool:
+    """Whether a worker process ended by itself (killed, crashed) rather than being terminated
+    by the pool after another worker died (SIGTERM); unknown: True."""
+    if proc is None:
+        return True
+    proc.join(timeout=5)
+    return proc.exitcode != -signal.SIGTERM
 
 
 class LocalExecutor:
@@ -91,20 +101,17 @@ class LocalExecutor:
             yield from self._run_inline(tasks, report)
             return
         ctx = mp.get_context("spawn")
-        events = ctx.Queue()
+        events = ctx.SimpleQueue()
         n = min(self.workers, len(tasks))
         todo = list(tasks)
         deaths: dict[str, int] = {}
-        started: set[str] = set()
+        started: dict[str, int] = {}  # run id -> pid of the worker training it
 
         def drain() -> None:
-            while True:
-                try:
-                    ev = events.get_nowait()
-                except queue.Empty:
-                    return
+            while not events.empty():
+                ev, pid = events.get()
                 if ev.kind == "started":
-                    started.add(ev.run_id)
+                    started[ev.run_id] = pid
                 report(ev)
 
         try:
@@ -115,7 +122,9 @@ class LocalExecutor:
                 }
                 todo = []
                 broken = False
+                procs: dict[int, Any] = {}
                 while futures:
+                    procs.update(getattr(pool, "_processes", None) or {})
                     done, _ = wait(list(futures), timeout=0.2, return_when=FIRST_COMPLETED)
                     drain()
                     for fut in done:
@@ -126,7 +135,7 @@ class LocalExecutor:
                             broken = True
                             todo.append(task)
                             continue
-                        started.discard(task.run_id)
+                        started.pop(task.run_id, None)
                         yield outcome
                     if broken:
                         todo.extend(futures.values())
@@ -135,9 +144,9 @@ class LocalExecutor:
                 self._shutdown()
                 retry = []
                 for task in todo:
-                    if task.run_id in started:  # it was running when a worker died
+                    pid = started.pop(task.run_id, None)
+                    if pid is not None and _died_on_its_own(procs.get(pid)):
                         deaths[task.run_id] = deaths.get(task.run_id, 0) + 1
-                        started.discard(task.run_id)
                     if deaths.get(task.run_id, 0) >= 2:
                         yield failed_outcome(
                             task,
