@@ -77,7 +77,7 @@ def bench_overhead(tmp: Path, runs: int) -> None:
 
 
 def bench_parallel(tmp: Path, runs: int) -> None:
-    path = _study(tmp, "parallel", n_train=600, width=256, epochs=3, runs=runs)
+    path = _study(tmp, "parallel", n_train=280, width=256, epochs=3, runs=runs)
     times = {}
     for workers in (1, 2):
         study = load_study(path, out=tmp / f"parallel-{workers}")
