@@ -9,14 +9,14 @@ or ``None`` when the study holds nothing it could show. Conventions shared by al
 - runs that diverged end with a cross where they diverged (``X``), runs that finished but did
   not learn end with a hollow circle; both are drawn one by one and kept out of the means;
 - CKA is the biased linear CKA of a layer with the targets; beside it the untrained network
-  (step 0, grey dashed) and the random-feature floor (:func:`ckalab.report.chance.random_feature_cka`,
-  grey dotted) so alignment can be told from estimator bias.
+  (step 0, grey dash-dotted) and the random-feature floor
+  (:func:`ckalab.report.chance.random_feature_cka`, grey dotted) so alignment can be told from
+  estimator bias.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,9 +69,9 @@ STYLE: dict[str, Any] = {
     "svg.fonttype": "none",
 }
 
-INIT_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
+INIT_STYLE = {"color": "0.35", "linestyle": "-.", "linewidth": 1.0}
 FLOOR_STYLE = {"color": "0.35", "linestyle": ":", "linewidth": 1.2}
-CHANCE_STYLE = {"color": "0.35", "linestyle": ":", "linewidth": 1.2}
+CHANCE_STYLE = {"color": "0.35", "linestyle": (0, (4, 1.5, 1, 1.5, 1, 1.5)), "linewidth": 1.0}
 SPLIT_STYLE = {"train": "-", "test": "--"}
 BAD_MARKER = {"diverged": "X", "did not learn": "o"}
 
@@ -91,6 +91,51 @@ class Drawn:
 
 def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _log(ax: Any, which: str) -> None:
+    """A log scale on the ``"x"`` or ``"y"`` axis with major ticks only (decades: readable, and
+    minor ticks cost more to draw than the curves)."""
+    from matplotlib.ticker import NullLocator
+
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    (ax.xaxis if which == "x" else ax.yaxis).set_minor_locator(NullLocator())
+
+
+def _fixed_grid(
+    width: float,
+    panel_h: float,
+    nrows: int,
+    ncols: int,
+    *,
+    left: float,
+    right: float,
+    top: float,
+    bottom: float,
+    wspace: float,
+    hspace: float,
+    **kw: Any,
+) -> tuple[Figure, np.ndarray]:
+    """A figure with an ``nrows x ncols`` grid laid out by fixed margins in inches (no layout
+    engine: the constrained solver costs more than drawing a many-panel figure)."""
+    height = top + bottom + nrows * panel_h + (nrows - 1) * hspace
+    fig = Figure(figsize=(width, height))
+    panel_w = (width - left - right - (ncols - 1) * wspace) / ncols
+    axes = fig.subplots(
+        nrows,
+        ncols,
+        squeeze=False,
+        gridspec_kw={
+            "left": left / width,
+            "right": 1 - right / width,
+            "top": 1 - top / height,
+            "bottom": bottom / height,
+            "wspace": wspace / panel_w,
+            "hspace": hspace / panel_h,
+        },
+        **kw,
+    )
+    return fig, axes
 
 
 def _hue_key(v: Any) -> str:
@@ -136,36 +181,56 @@ def select_tasks(study: Study, runs: pd.DataFrame, limit: int = MAX_TASKS) -> li
     return top + bottom[::-1]
 
 
-def _legend_handles(study: Study, *, splits: bool = True, extra: Sequence[Any] = ()) -> list:
-    hs: list[Any] = []
+def _hue_handles(study: Study, marker: str | None = None) -> list:
     c = study.colors
-    for v in c.values:
-        title = f"{c.title} = " if c.field and v == c.values[0] else ""
-        hs.append(Line2D([], [], color=c(v), lw=2.5, label=title + c.label(v)))
+    return [
+        Line2D([], [], color=c(v), lw=2.5, marker=marker, ms=5, label=c.label(v)) for v in c.values
+    ]
+
+
+def _hue_legend(fig: Figure, study: Study, *, marker: str | None = None, **kw: Any) -> None:
+    """The legend of the hue colors, one row at the top of the figure, titled by the field."""
+    handles = _hue_handles(study, marker)
+    title = study.colors.title or None
+    kw = {"loc": "outside upper center", "ncols": min(10, len(handles)), **kw}
+    fig.legend(handles=handles, title=title, frameon=False, **kw)
+
+
+def _key_handles(states: set[str], *, splits: bool = True) -> list:
+    hs: list[Any] = []
     if splits:
         hs.append(Line2D([], [], color="0.2", ls="-", label="train"))
         hs.append(Line2D([], [], color="0.2", ls="--", label="test"))
-    states = set(study.runs[STATE])
     if "diverged" in states:
         hs.append(
-            Line2D([], [], color="0.2", marker="X", ls="", ms=7, label="diverged (run ends here)")
+            Line2D(
+                [],
+                [],
+                color="0.2",
+                marker="X",
+                mec="0.1",
+                ls="",
+                ms=7,
+                label="diverged (ends here)",
+            )
         )
     if "did not learn" in states:
         hs.append(
             Line2D([], [], color="0.2", marker="o", mfc="none", ls="", ms=7, label="did not learn")
         )
-    hs.extend(extra)
     return hs
 
 
-def _ref_handles(init: bool = True, floor: bool = True, chance: bool = False) -> list:
+def _ref_handles(
+    init: bool = True, floor: bool = True, chance: bool = False, init_marker: str | None = None
+) -> list:
     hs = []
     if init:
-        hs.append(Line2D([], [], **INIT_STYLE, label="untrained net (step 0)"))
+        hs.append(Line2D([], [], marker=init_marker, **INIT_STYLE, label="untrained net (step 0)"))
     if floor:
         hs.append(Line2D([], [], **FLOOR_STYLE, label="random-feature floor"))
     if chance:
-        hs.append(Line2D([], [], color="0.35", ls="-.", lw=1.0, label="chance accuracy"))
+        hs.append(Line2D([], [], **CHANCE_STYLE, label="chance accuracy"))
     return hs
 
 
@@ -205,8 +270,19 @@ def training_curves(
         return None
     tasks = select_tasks(study, runs)
     n_tasks = len(tasks)
-    fig = _figure(11.0, 2.25 * n_tasks + 1.1)
-    axes = fig.subplots(n_tasks, 3, squeeze=False, sharex=True)
+    fig, axes = _fixed_grid(
+        11.0,
+        1.85,
+        n_tasks,
+        3,
+        left=1.0,
+        right=0.15,
+        top=0.95,
+        bottom=0.95,
+        wspace=0.8,
+        hspace=0.25,
+        sharex=True,
+    )
     x0 = _x0(study, rows)
     good = rows[rows[STATE] == "done"]
     agg = (
@@ -231,7 +307,7 @@ def training_curves(
             ax.plot(x, g["mean"], color=col, ls=SPLIT_STYLE.get(split, "-"))
             if (g["hi"] > g["lo"]).any():
                 ax.fill_between(x, g["lo"], g["hi"], color=col, alpha=0.15, lw=0)
-        for (rid, split, metric), g in bad[bad[TASK] == task].groupby(
+        for (_rid, split, metric), g in bad[bad[TASK] == task].groupby(
             ["run_id", "split", "metric"]
         ):
             ax = axes[i, panels[metric]]
@@ -255,7 +331,7 @@ def training_curves(
         # reference levels
         k = truns[K].dropna()
         if len(k):
-            axes[i, 1].axhline(100.0 / k.median(), color="0.35", ls="-.", lw=1.0)
+            axes[i, 1].axhline(100.0 / k.median(), **CHANCE_STYLE)
         init = study.init_level(truns, "test")
         if np.isfinite(init):
             axes[i, 2].axhline(init, **INIT_STYLE)
@@ -271,17 +347,23 @@ def training_curves(
         axes[i, 2].set_ylabel("CKA, last hidden layer")
         axes[i, 2].set_ylim(bottom=0)
         if (rows.loc[rows["metric"] == "loss", "value"] > 0).all():
-            axes[i, 0].set_yscale("log")
+            _log(axes[i, 0], "y")
     for ax in axes.ravel():
         if study.log_x:
-            ax.set_xscale("log")
+            _log(ax, "x")
     for ax in axes[-1]:
         ax.set_xlabel(_xlabel(study))
-    for j, t in enumerate(("loss", "accuracy", "CKA with the targets (biased, linear)")):
+    for j, t in enumerate(("loss", "accuracy", "CKA with the targets")):
         axes[0, j].set_title(t)
-    handles = _legend_handles(study) + _ref_handles(chance=True)
+    _hue_legend(fig, study, loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    shown_states = set(rows.loc[rows[TASK].isin(tasks), STATE])
+    handles = _key_handles(shown_states) + _ref_handles(chance=True)
     fig.legend(
-        handles=handles, loc="outside lower center", ncols=min(6, len(handles)), frameon=False
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncols=min(4, len(handles)),
+        frameon=False,
     )
     all_tasks = list(dict.fromkeys(runs[TASK]))
     shown = (
@@ -294,9 +376,9 @@ def training_curves(
     caption = (
         f"Training curves{facet_text}. {shown}Lines: mean over seeds of the runs that learned; "
         "band: min–max over seeds; thin lines: single runs that diverged (cross where they "
-        "stopped) or did not learn (hollow circle). CKA panel: grey dashed = untrained network "
+        "stopped) or did not learn (hollow circle). CKA panel: grey dash-dotted = untrained network "
         "(step 0, test), grey dotted = random-feature floor of biased CKA (test probe set); "
-        "accuracy panel: dash-dotted = chance (1/k)."
+        "accuracy panel: dash-dot-dotted = chance (1/k)."
     )
     title = "Loss, accuracy and CKA during training" + facet_text
     return Drawn("curves", title, fig, caption)
@@ -324,7 +406,6 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
     if pairs.isna().any() or pairs.nunique() < 2:
         return None
     k = int(max(max(p) for p in pairs)) + 1
-    k = max(k, int(np.nanmax(runs["_classes"])) if False else k)
     hues = [v for v in study.colors.values if (runs[HUE].map(_hue_key) == _hue_key(v)).any()]
     ncols = min(max_cols, len(hues))
     nblocks = math.ceil(len(hues) / ncols)
@@ -332,6 +413,8 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
         ("cka", "test CKA, last hidden layer", study.final("test", "cka", last=True), "viridis"),
         ("acc", "test accuracy (%)", study.final("test", "acc") * 100.0, "magma"),
     ]
+    init = study.init_level(runs, "test")
+    floor = study.floor(runs, "test")
     cell = 2.15
     fig = _figure(cell * ncols + 1.2, cell * 2 * nblocks + 0.5)
     axes = fig.subplots(2 * nblocks, ncols, squeeze=False)
@@ -359,19 +442,22 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
                     grid[b, a] = v.mean()
                 if (~ok).any():
                     flagged[b, a] = True
-            masked = np.ma.masked_invalid(grid)
-            image = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, origin="upper")
-            tri = np.tril(np.ones((k, k), dtype=bool), -1)
-            empty = np.ma.masked_where(~(tri & np.isnan(grid)), np.ones((k, k)))
+            # rows b = 1..k-1, columns a = 0..k-2: the strict lower triangle, nothing wasted
+            grid, flagged = grid[1:, :-1], flagged[1:, :-1]
+            image = ax.imshow(
+                np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, origin="upper"
+            )
+            tri = np.tril(np.ones((k - 1, k - 1), dtype=bool))
+            empty = np.ma.masked_where(~(tri & np.isnan(grid)), np.ones_like(grid))
             ax.imshow(empty, cmap="Greys", vmin=0, vmax=4, origin="upper")
             ys, xs = np.nonzero(flagged)
             ax.plot(xs, ys, ls="", marker="x", color="red", ms=5, mew=1.2)
-            ax.set_xticks(range(k))
-            ax.set_yticks(range(k))
+            ax.set_xticks(range(k - 1), [str(a) for a in range(k - 1)])
+            ax.set_yticks(range(k - 1), [str(b) for b in range(1, k)])
             ax.tick_params(length=0, labelsize=7)
             ax.grid(False)
-            for s in ax.spines.values():
-                s.set_visible(False)
+            for sp in ax.spines.values():
+                sp.set_visible(False)
             ax.set_title(
                 f"{study.colors.title or 'runs'} = {study.colors.label(hue)}"
                 if study.colors.field
@@ -386,23 +472,18 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
             cb = fig.colorbar(image, ax=axes[m_i::2, :].ravel().tolist(), shrink=0.9)
             cb.set_label(title)
             if m_i == 0:
-                init = study.init_level(runs, "test")
-                floor = study.floor(runs, "test")
-                for level, style, name in (
-                    (init, INIT_STYLE, "step 0"),
-                    (floor, FLOOR_STYLE, "floor"),
-                ):
+                for level, style in ((init, INIT_STYLE), (floor, FLOOR_STYLE)):
                     if np.isfinite(level) and vmin <= level <= vmax:
-                        cb.ax.axhline(level, color="white", lw=2.0)
+                        cb.ax.axhline(level, color="white", lw=2.2)
                         cb.ax.axhline(level, **{**style, "color": "black"})
-                        cb.ax.text(1.05, level, "", transform=cb.ax.get_yaxis_transform())
     caption = (
         "Task map: final test CKA of the last hidden layer (upper row of each block) and test "
         "accuracy (lower row) for every class pair (a < b, mean over seeds of the runs that "
         "learned), one panel per "
         f"{study.colors.title or 'run group'}. Red cross: at least one run of that pair diverged "
-        "or did not learn; grey: no run. Colorbar lines: untrained network (dashed, step 0) and "
-        "random-feature floor (dotted)."
+        "or did not learn (grey with a cross: none learned); grey: no run. Chance levels of the "
+        f"CKA (lines on the colorbar): untrained network {init:.2f} (dash-dotted, step 0), "
+        f"random-feature floor {floor:.3f} (dotted)."
     )
     facet_text = f" ({facet})" if facet and facet != "all" else ""
     return Drawn("task_map", "Task map: alignment per class pair" + facet_text, fig, caption)
@@ -443,7 +524,8 @@ def layerwise(study: Study) -> Drawn | None:
     configs = _configurations(study, runs)
     order = list(dict.fromkeys(configs[runs[STATE] == "done"].tolist() + configs.tolist()))
     colors = _config_colors(study, order)
-    fig = _figure(9.0, 2.5 * len(tasks) + 1.0)
+    width = min(10.0, 3.2 + 1.6 * len(layers))
+    fig = _figure(width, 2.2 * len(tasks) + 1.3)
     axes = fig.subplots(len(tasks), 2, squeeze=False, sharey=True)
     xs = np.arange(1, len(layers) + 1)
     any_line = False
@@ -509,23 +591,28 @@ def layerwise(study: Study) -> Drawn | None:
         ax.set_xlabel("probe layer (input → output)")
     if not any_line and not np.isfinite(study.final("test", "cka", layers[-1])).any():
         return None
-    title = ", ".join(label(f) for f in study.model_fields) or study.colors.title or "runs"
-    handles = [Line2D([], [], color=colors[c], lw=2.5, marker="o", ms=4, label=c) for c in order]
-    if "did not learn" in set(runs[STATE]):
-        handles.append(
-            Line2D([], [], color="0.2", ls=":", marker="o", mfc="none", label="did not learn")
+    if study.model_fields:
+        handles = [
+            Line2D([], [], color=colors[c], lw=2.5, marker="o", ms=4, label=c) for c in order
+        ]
+        title = ", ".join(label(f) for f in study.model_fields)
+        fig.legend(
+            handles=handles,
+            title=title,
+            loc="outside upper center",
+            frameon=False,
+            ncols=min(4, len(handles)),
         )
-    handles += _ref_handles()
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncols=min(6, len(handles)),
-        frameon=False,
-        title=title,
-    )
+    else:
+        _hue_legend(fig, study, marker="o")
+    keys = _key_handles(set(runs[STATE]) - {"diverged", "failed"}, splits=False)
+    for h in keys:
+        h.set_linestyle(":")
+    keys += _ref_handles(init_marker=".")
+    fig.legend(handles=keys, loc="outside lower center", ncols=len(keys), frameon=False)
     caption = (
         "Layer-wise CKA at the end of training, train and test: mean over the runs that learned "
-        "of each configuration (band: min–max). Grey dashed: the same layers at step 0 "
+        "of each configuration (band: min–max). Grey dash-dotted: the same layers at step 0 "
         "(untrained); grey dotted: random-feature floor."
     )
     return Drawn("layerwise", "Layer-wise CKA at the end of training", fig, caption)
@@ -550,7 +637,7 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
     ncols = min(3, len(shown))
     nrows = math.ceil(len(shown) / ncols)
     nl = len(study.layers)
-    fig = _figure(3.6 * ncols + 1.0, max(1.6, 0.32 * nl + 1.3) * nrows + 0.4)
+    fig = _figure(3.6 * ncols + 1.0, max(2.0, 0.32 * nl + 1.3) * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     agg = cka.groupby(["_cfg", "layer", "step"])[["epoch", "value"]].mean().reset_index()
     vmax = float(np.nanmax(agg["value"])) if len(agg) else 1.0
@@ -574,7 +661,7 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
             shading="flat",
         )
         if study.log_x:
-            ax.set_xscale("log")
+            _log(ax, "x")
         ax.set_yticks(np.arange(len(pivot.index)) + 0.5, list(pivot.index))
         ax.grid(False)
         name = cfg if study.model_fields else f"{study.colors.title} = {cfg}"
@@ -583,7 +670,7 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
     for j in range(len(shown), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
     cb = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
-    cb.set_label(f"{split} CKA with the targets")
+    cb.set_label(f"{split} CKA")
     init = study.init_level(runs, split)
     floor = study.floor(runs, split)
     for level, style in ((init, INIT_STYLE), (floor, FLOOR_STYLE)):
@@ -597,7 +684,7 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
         f"{split.capitalize()} CKA of each probe layer (rows, input at the top) over training, "
         "mean over the runs that learned (tasks and seeds pooled) of each configuration."
         + more
-        + " Colorbar lines: untrained network (dashed, last layer at step 0) and random-feature "
+        + " Colorbar lines: untrained network (dash-dotted, last layer at step 0) and random-feature "
         "floor (dotted)."
     )
     return Drawn("layer_time", "Layer-wise CKA over time", fig, caption)
@@ -664,14 +751,19 @@ def cka_vs_accuracy(study: Study) -> Drawn | None:
         if np.isfinite(floor):
             ax.axvline(floor, **FLOOR_STYLE)
         if len(k):
-            ax.axhline(100.0 / k.median(), color="0.35", ls="-.", lw=1.0)
+            ax.axhline(100.0 / k.median(), **CHANCE_STYLE)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.set_xlim(left=0)
     n_div = int(runs[STATE].isin(["diverged", "failed"]).sum())
-    handles = _legend_handles(study, splits=False) + _ref_handles(chance=True)
-    handles = [h for h in handles if "diverged" not in h.get_label()]
-    fig.legend(handles=handles, loc="outside right center", frameon=False)
+    hs = _hue_handles(study, marker="o")
+    for h in hs:
+        h.set_linestyle("")
+    fig.legend(
+        handles=hs, title=study.colors.title or None, loc="outside right upper", frameon=False
+    )
+    keys = _key_handles(set(runs[STATE]) - {"diverged"}, splits=False) + _ref_handles(chance=True)
+    fig.legend(handles=keys, loc="outside right lower", frameon=False)
     caption = (
         "Final test CKA against test accuracy, one point per run, colored by "
         f"{study.colors.title or 'run'}; hollow circles: runs that did not learn. "
@@ -680,7 +772,7 @@ def cka_vs_accuracy(study: Study) -> Drawn | None:
             if n_div
             else ""
         )
-        + "Grey dashed: untrained network (step 0); dotted: random-feature floor; dash-dotted: "
+        + "Grey dash-dotted: untrained network (step 0); dotted: random-feature floor; dash-dot-dotted: "
         "chance accuracy."
     )
     return Drawn("cka_vs_accuracy", "Final CKA against test accuracy", fig, caption)

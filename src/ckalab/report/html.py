@@ -154,7 +154,9 @@ def _save(drawn: Any, directory: Path, stem: str, formats: Sequence[str]) -> tup
     paths = []
     png = b""
     with matplotlib.rc_context(STYLE):
-        for fmt in formats:
+        for i, fmt in enumerate(formats):
+            if i == 1:  # the layout is solved by the first save; later formats reuse it
+                drawn.fig.set_layout_engine("none")
             buf = io.BytesIO()
             drawn.fig.savefig(buf, format=fmt)
             data = buf.getvalue()

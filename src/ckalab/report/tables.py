@@ -8,8 +8,10 @@ averaged over layers on test and train). Every cell holds:
 - Pearson ``r`` and Spearman ``rho`` (:func:`scipy.stats.pearsonr`, :func:`scipy.stats.spearmanr`),
   with their two-sided p-values;
 - ``n``: runs with both values finite (pairwise complete);
-- percentile bootstrap 95% intervals of both coefficients (runs resampled with replacement,
-  :data:`N_BOOTSTRAP` resamples, seeded per cell so a cell does not depend on the others).
+- percentile bootstrap 95% intervals of both coefficients: runs resampled with replacement,
+  :data:`N_BOOTSTRAP` seeded resamples shared by all cells (a cell with missing values resamples
+  its own complete runs, seeded by the seed and the cell's names), so a cell depends only on
+  its data and the seed.
 
 Encodings (:func:`encode_hyperparameter`): booleans as 0/1; learning-rate-like fields
 (:data:`LOG_SCALE_FIELDS`) as ``log10`` (a field holding zeros stays linear, with a note); an unset
@@ -25,6 +27,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,15 +111,56 @@ def encode_hyperparameter(values: pd.Series) -> tuple[np.ndarray | None, str]:
     return arr, "linear"
 
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair of two (B, n) arrays; NaN where a row is constant."""
+def _standardized_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of a (B, n) array centered and scaled to unit norm (NaN rows where constant),
+    so that the Pearson r of two rows is their dot product."""
     xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
-    den = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    norm = np.sqrt(np.einsum("ij,ij->i", xc, xc))
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / den
-    r[~(den > 1e-300)] = np.nan
-    return np.clip(r, -1.0, 1.0)
+        z = xc / norm[:, None]
+    z[~(norm > 1e-12 * max(1.0, float(np.abs(x).max(initial=0.0))))] = np.nan
+    return z
+
+
+def _row_dots(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    return np.clip(np.einsum("ij,ij->i", za, zb), -1.0, 1.0)
+
+
+def _bootstrap_ranks(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank, as :func:`scipy.stats.rankdata`) of every
+    bootstrap resample ``x[idx[b]]``, in O(B n): counts of each distinct value per resample,
+    then each value's rank is the count below it plus (its count + 1) / 2."""
+    uniq, inv = np.unique(x, return_inverse=True)
+    b, _ = idx.shape
+    u = uniq.size
+    codes = inv[idx]  # (B, n) value codes
+    counts = np.bincount((codes + u * np.arange(b)[:, None]).ravel(), minlength=b * u)
+    counts = counts.reshape(b, u).astype(float)
+    rank_of = np.cumsum(counts, axis=1) - counts + (counts + 1.0) / 2.0
+    return np.take_along_axis(rank_of, codes, axis=1)
+
+
+class _Resamples:
+    """Bootstrap resamples of one set of runs, shared by every cell of a table: each variable's
+    resampled values and ranks are standardized once, each cell is then a row-wise dot product."""
+
+    def __init__(self, n: int, n_boot: int, seed: Any) -> None:
+        self.idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def standardized(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = id(x)
+        if key not in self._cache:
+            self._cache[key] = (
+                _standardized_rows(x[self.idx]),
+                _standardized_rows(_bootstrap_ranks(x, self.idx)),
+            )
+        return self._cache[key]
+
+    def intervals(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+        zx, rx = self.standardized(x)
+        zy, ry = self.standardized(y)
+        return (*_interval(_row_dots(zx, zy)), *_interval(_row_dots(rx, ry)))
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -133,18 +177,20 @@ def correlate(
     *,
     n_boot: int = N_BOOTSTRAP,
     seed: int | Sequence[int] = 0,
+    resamples: _Resamples | None = None,
 ) -> dict[str, float]:
     """Pearson and Spearman coefficients of two samples, pairwise complete.
 
     Returns ``n, pearson_r, pearson_p, pearson_lo, pearson_hi, spearman_r, spearman_p,
     spearman_lo, spearman_hi``; NaN coefficients where fewer than 3 pairs or a constant sample.
     """
-    from scipy.stats import pearsonr, rankdata, spearmanr
+    from scipy.stats import pearsonr, spearmanr
 
     xa = np.asarray(x, dtype=float)
     ya = np.asarray(y, dtype=float)
     ok = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[ok], ya[ok]
+    if not ok.all():
+        xa, ya, resamples = xa[ok], ya[ok], None  # pairwise complete: resample these runs
     n = int(xa.size)
     out = dict.fromkeys(
         (
@@ -167,12 +213,13 @@ def correlate(
     out["pearson_r"], out["pearson_p"] = float(pr.statistic), float(pr.pvalue)
     out["spearman_r"], out["spearman_p"] = float(sr.statistic), float(sr.pvalue)
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n, size=(n_boot, n))
-        xb, yb = xa[idx], ya[idx]
-        out["pearson_lo"], out["pearson_hi"] = _interval(_pearson_rows(xb, yb))
-        rs = _pearson_rows(rankdata(xb, axis=1), rankdata(yb, axis=1))
-        out["spearman_lo"], out["spearman_hi"] = _interval(rs)
+        boot = resamples if resamples is not None else _Resamples(n, n_boot, seed)
+        (
+            out["pearson_lo"],
+            out["pearson_hi"],
+            out["spearman_lo"],
+            out["spearman_hi"],
+        ) = boot.intervals(xa, ya)
     return out
 
 
@@ -323,9 +370,16 @@ def correlation_table(
         values[c] = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
     rows = [f for f in fields if f in encodings] + columns
     cells = []
+    shared = _Resamples(len(df), n_boot, seed) if n_boot > 0 and len(df) else None
     for r in rows:
         for c in columns:
-            stats = correlate(values[r], values[c], n_boot=n_boot, seed=_cell_seed(seed, r, c))
+            stats = correlate(
+                values[r],
+                values[c],
+                n_boot=n_boot,
+                seed=_cell_seed(seed, r, c),
+                resamples=shared,
+            )
             cells.append({"row": r, "column": c, **stats})
     table = pd.DataFrame(cells)
     if not table.empty:
