@@ -21,6 +21,18 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ckalab.report.html import build_report
+
+    result = build_report(
+        args.dir, formats=tuple(args.formats), include_not_learned=args.include_not_learned
+    )
+    for name, error in result.failures.items():
+        print(f"ckalab: warning: figure {name} could not be drawn: {error}", file=sys.stderr)
+    print(f"wrote {result.html} ({len(result.figures)} figure files, {len(result.tables)} tables)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckalab",
@@ -41,6 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="data folder to inspect (default: $CKALAB_DATA or the user cache directory)",
     )
     p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser(
+        "report",
+        help="write DIR/report.html, DIR/figures/ and DIR/tables/ from a study's results store",
+    )
+    p.add_argument("dir", help="the results directory of the study")
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png", "pdf"],
+        choices=["png", "pdf", "svg"],
+        help="figure file formats (default: png pdf; the page always embeds PNG)",
+    )
+    p.add_argument(
+        "--include-not-learned",
+        action="store_true",
+        help="keep runs that did not learn (final train accuracy at chance) in the correlations",
+    )
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

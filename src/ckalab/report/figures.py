@@ -376,7 +376,8 @@ def training_curves(
     caption = (
         f"Training curves{facet_text}. {shown}Lines: mean over seeds of the runs that learned; "
         "band: min–max over seeds; thin lines: single runs that diverged (cross where they "
-        "stopped) or did not learn (hollow circle). CKA panel: grey dash-dotted = untrained network "
+        "stopped) or did not learn (hollow circle). CKA panel: grey dash-dotted = untrained "
+        "network "
         "(step 0, test), grey dotted = random-feature floor of biased CKA (test probe set); "
         "accuracy panel: dash-dot-dotted = chance (1/k)."
     )
@@ -684,7 +685,8 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
         f"{split.capitalize()} CKA of each probe layer (rows, input at the top) over training, "
         "mean over the runs that learned (tasks and seeds pooled) of each configuration."
         + more
-        + " Colorbar lines: untrained network (dash-dotted, last layer at step 0) and random-feature "
+        + " Colorbar lines: untrained network (dash-dotted, last layer at step 0) and "
+        "random-feature "
         "floor (dotted)."
     )
     return Drawn("layer_time", "Layer-wise CKA over time", fig, caption)
@@ -772,7 +774,8 @@ def cka_vs_accuracy(study: Study) -> Drawn | None:
             if n_div
             else ""
         )
-        + "Grey dash-dotted: untrained network (step 0); dotted: random-feature floor; dash-dot-dotted: "
+        + "Grey dash-dotted: untrained network (step 0); dotted: random-feature floor; "
+        "dash-dot-dotted: "
         "chance accuracy."
     )
     return Drawn("cka_vs_accuracy", "Final CKA against test accuracy", fig, caption)

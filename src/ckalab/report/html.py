@@ -47,7 +47,14 @@ from ckalab.report.results import (
 )
 from ckalab.report.tables import OUTCOMES, CorrelationTable, correlation_table, label
 
-__all__ = ["REPORT_FILE", "ReportResult", "build_report", "load_study", "write_report"]
+__all__ = [
+    "REPORT_FILE",
+    "ReportResult",
+    "build_report",
+    "load_study",
+    "render_report",
+    "write_report",
+]
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -179,19 +186,44 @@ def build_report(
     include_not_learned: bool = False,
     n_boot: int | None = None,
 ) -> ReportResult:
-    """Write the report of the store at ``path`` (see the module docstring)."""
+    """Write the report of the store at ``path`` (see the module docstring); a path that does
+    not exist raises ``FileNotFoundError``, a directory that is not a store gets a report that
+    says so."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results directory at {path}")
+    t0 = time.perf_counter()
+    study = load_study(path)
+    load_time = time.perf_counter() - t0
+    result = render_report(
+        study,
+        path,
+        formats=formats,
+        include_not_learned=include_not_learned,
+        n_boot=n_boot,
+    )
+    result.timings = {"load": load_time, **result.timings}
+    return result
+
+
+def render_report(
+    study: Study,
+    path: str | Path,
+    *,
+    formats: Sequence[str] = ("png", "pdf"),
+    include_not_learned: bool = False,
+    n_boot: int | None = None,
+) -> ReportResult:
+    """Write the report of a prepared study into the directory ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from ckalab.report import figures as F
 
     path = Path(path)
-    t0 = time.perf_counter()
-    study = load_study(path)
-    timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    path.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
     out = ReportResult(html=path / REPORT_FILE, timings=timings)
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
     fig_dir, tab_dir = path / FIGURES_DIR, path / TABLES_DIR
     fig_dir.mkdir(exist_ok=True)
     tab_dir.mkdir(exist_ok=True)

@@ -389,7 +389,12 @@ def prepare(
         ", ".join(f"{label(f)} = {format_value(r[f])}" for f in facet_fields) or "all"
         for _, r in runs.iterrows()
     ]
-    runs[GROUP] = runs[TASK] + " | " + runs[FACET] + " | " + runs[HUE].map(format_value)
+    runs[TASK] = runs[TASK].astype(object)
+    runs[FACET] = pd.Series(runs[FACET], index=runs.index, dtype=object)
+    runs[GROUP] = [
+        f"{t} | {f} | {format_value(h)}"
+        for t, f, h in zip(runs[TASK], runs[FACET], runs[HUE], strict=True)
+    ]
     hue_values = _sorted_unique(runs[HUE])
     colors = _hue_colors(hue_field, hue_values)
 

@@ -65,6 +65,21 @@ OUTCOMES: dict[str, str] = {
 #: Learning-rate-like fields, correlated on a log10 scale.
 LOG_SCALE_FIELDS: tuple[str, ...] = ("optim.lr", "optim.readout_lr", "optim.weight_decay")
 
+#: Columns of :attr:`CorrelationTable.cells`.
+CELL_COLUMNS: tuple[str, ...] = (
+    "row",
+    "column",
+    "n",
+    "pearson_r",
+    "pearson_p",
+    "pearson_lo",
+    "pearson_hi",
+    "spearman_r",
+    "spearman_p",
+    "spearman_lo",
+    "spearman_hi",
+)
+
 #: Bootstrap resamples per cell.
 N_BOOTSTRAP = 2000
 
@@ -255,7 +270,7 @@ class CorrelationTable:
         cells = self.cells.copy()
         cells.insert(1, "row_label", cells["row"].map(label))
         cells.insert(3, "column_label", cells["column"].map(label))
-        cells.insert(4, "encoding", cells["row"].map(self.encodings).fillna(""))
+        cells.insert(4, "encoding", cells["row"].map(lambda r: self.encodings.get(r, "")))
         cells.to_csv(path, index=False, float_format="%.6g")
         return path
 
@@ -381,7 +396,7 @@ def correlation_table(
                 resamples=shared,
             )
             cells.append({"row": r, "column": c, **stats})
-    table = pd.DataFrame(cells)
+    table = pd.DataFrame(cells, columns=CELL_COLUMNS)
     if not table.empty:
         table["n"] = table["n"].astype(int)
     return CorrelationTable(
