@@ -17,6 +17,7 @@ or ``None`` when the study holds nothing it could show. Conventions shared by al
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +95,26 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _log(ax: Any, which: str) -> None:
-    """A log scale on the ``"x"`` or ``"y"`` axis with major ticks only (decades: readable, and
-    minor ticks cost more to draw than the curves)."""
-    from matplotlib.ticker import NullLocator
+    """A log scale on the ``"x"`` or ``"y"`` axis with labelled ticks at 1, 2, 5 x 10^k (so a
+    range under a decade still has numbers) and no minor ticks (they cost more to draw than
+    the curves)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    (ax.xaxis if which == "x" else ax.yaxis).set_minor_locator(NullLocator())
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=7))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _colorbar_axes(fig: Figure, axes: Sequence[Any], gap: float = 0.12, w: float = 0.14) -> Any:
+    """An axes for a colorbar right of ``axes`` (gap and width in inches), as tall as they are."""
+    boxes = [a.get_position() for a in axes]
+    fw, _ = fig.get_size_inches()
+    x1 = max(b.x1 for b in boxes)
+    y0, y1 = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    h = y1 - y0
+    return fig.add_axes((x1 + gap / fw, y0 + 0.05 * h, w / fw, 0.9 * h))
 
 
 def _fixed_grid(
@@ -119,6 +134,8 @@ def _fixed_grid(
     """A figure with an ``nrows x ncols`` grid laid out by fixed margins in inches (no layout
     engine: the constrained solver costs more than drawing a many-panel figure)."""
     height = top + bottom + nrows * panel_h + (nrows - 1) * hspace
+    if width <= 0:  # -width is the panel width
+        width = left + right + ncols * -width + (ncols - 1) * wspace
     fig = Figure(figsize=(width, height))
     panel_w = (width - left - right - (ncols - 1) * wspace) / ncols
     axes = fig.subplots(
@@ -416,9 +433,19 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
     ]
     init = study.init_level(runs, "test")
     floor = study.floor(runs, "test")
-    cell = 2.15
-    fig = _figure(cell * ncols + 1.2, cell * 2 * nblocks + 0.5)
-    axes = fig.subplots(2 * nblocks, ncols, squeeze=False)
+    cell = 2.0
+    fig, axes = _fixed_grid(
+        -cell,
+        cell,
+        2 * nblocks,
+        ncols,
+        left=0.45,
+        right=1.25,
+        top=0.3,
+        bottom=0.4,
+        wspace=0.4,
+        hspace=0.6,
+    )
     hue_s = runs[HUE].map(_hue_key)
     good = runs[STATE] == "done"
     for m_i, (_name, title, values, cmap) in enumerate(metrics):
@@ -470,7 +497,8 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
         for j in range(len(hues), nblocks * ncols):
             axes[2 * (j // ncols) + m_i, j % ncols].set_visible(False)
         if image is not None:
-            cb = fig.colorbar(image, ax=axes[m_i::2, :].ravel().tolist(), shrink=0.9)
+            cax = _colorbar_axes(fig, axes[m_i::2, :].ravel().tolist())
+            cb = fig.colorbar(image, cax=cax)
             cb.set_label(title)
             if m_i == 0:
                 for level, style in ((init, INIT_STYLE), (floor, FLOOR_STYLE)):
@@ -525,9 +553,21 @@ def layerwise(study: Study) -> Drawn | None:
     configs = _configurations(study, runs)
     order = list(dict.fromkeys(configs[runs[STATE] == "done"].tolist() + configs.tolist()))
     colors = _config_colors(study, order)
-    width = min(10.0, 3.2 + 1.6 * len(layers))
-    fig = _figure(width, 2.2 * len(tasks) + 1.3)
-    axes = fig.subplots(len(tasks), 2, squeeze=False, sharey=True)
+    rotate = len(layers) > 4
+    fig, axes = _fixed_grid(
+        -min(4.2, 1.2 + 0.75 * len(layers)),
+        1.9,
+        len(tasks),
+        2,
+        left=1.0,
+        right=0.2,
+        top=0.85,
+        bottom=1.55 if rotate else 1.15,
+        wspace=0.3,
+        hspace=0.35,
+        sharey=True,
+        sharex=True,
+    )
     xs = np.arange(1, len(layers) + 1)
     any_line = False
     for i, task in enumerate(tasks):
@@ -569,7 +609,7 @@ def layerwise(study: Study) -> Drawn | None:
                 ax.text(
                     0.99,
                     0.02,
-                    f"{n_div} diverged/failed runs: no final values",
+                    f"{n_div} run{'s' if n_div > 1 else ''} diverged/failed (no final values)",
                     transform=ax.transAxes,
                     ha="right",
                     va="bottom",
@@ -579,8 +619,8 @@ def layerwise(study: Study) -> Drawn | None:
             ax.set_xticks(
                 xs,
                 layers,
-                rotation=30 if len(layers) > 4 else 0,
-                ha="right" if len(layers) > 4 else "center",
+                rotation=30 if rotate else 0,
+                ha="right" if rotate else "center",
             )
             ax.set_xlim(0.6, len(layers) + 0.4)
             ax.set_ylim(bottom=0)
@@ -600,17 +640,24 @@ def layerwise(study: Study) -> Drawn | None:
         fig.legend(
             handles=handles,
             title=title,
-            loc="outside upper center",
+            loc="upper center",
+            bbox_to_anchor=(0.5, 1.0),
             frameon=False,
             ncols=min(4, len(handles)),
         )
     else:
-        _hue_legend(fig, study, marker="o")
+        _hue_legend(fig, study, marker="o", loc="upper center", bbox_to_anchor=(0.5, 1.0))
     keys = _key_handles(set(runs[STATE]) - {"diverged", "failed"}, splits=False)
     for h in keys:
         h.set_linestyle(":")
     keys += _ref_handles(init_marker=".")
-    fig.legend(handles=keys, loc="outside lower center", ncols=len(keys), frameon=False)
+    fig.legend(
+        handles=keys,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncols=min(3, len(keys)),
+        frameon=False,
+    )
     caption = (
         "Layer-wise CKA at the end of training, train and test: mean over the runs that learned "
         "of each configuration (band: min–max). Grey dash-dotted: the same layers at step 0 "
@@ -791,8 +838,20 @@ def correlation_heatmap(table: CorrelationTable) -> Drawn | None:
     if table.cells.empty or not table.rows or not table.columns:
         return None
     nr, nc = len(table.rows), len(table.columns)
-    fig = _figure(2 * (0.62 * nc + 0.6) + 2.6, 0.36 * nr + 1.9)
-    axes = fig.subplots(1, 2, sharey=True)
+    fig, grid = _fixed_grid(
+        -0.62 * nc,
+        0.36 * nr,
+        1,
+        2,
+        left=2.2,
+        right=1.05,
+        top=0.3,
+        bottom=1.45,
+        wspace=0.3,
+        hspace=0.0,
+        sharey=True,
+    )
+    axes = grid[0]
     image = None
     for ax, (name, stat) in zip(
         axes, (("Pearson r", "pearson_r"), ("Spearman ρ", "spearman_r")), strict=True
@@ -810,7 +869,7 @@ def correlation_heatmap(table: CorrelationTable) -> Drawn | None:
         n_hp = len([r for r in table.rows if r not in table.columns])
         if 0 < n_hp < nr:
             ax.axhline(n_hp - 0.5, color="black", lw=1.0)
-    cb = fig.colorbar(image, ax=list(axes), shrink=0.8)
+    cb = fig.colorbar(image, cax=_colorbar_axes(fig, list(axes)))
     cb.set_label("correlation coefficient")
     caption = (
         "Correlations between the swept hyperparameters (top) or outcome metrics (bottom) and the "

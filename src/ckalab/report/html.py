@@ -529,8 +529,9 @@ def _findings(study: Study, table: CorrelationTable) -> str:
         if runs.loc[good, TASK].nunique() > 1:
             per_task = cka[good].groupby(runs.loc[good, TASK]).mean().dropna().sort_values()
             if len(per_task) > 1:
-                best = per_task.index[-3:][::-1]
-                worst = per_task.index[:3]
+                m = min(3, len(per_task) // 2)
+                best = per_task.index[-m:][::-1]
+                worst = per_task.index[:m]
                 items.append(
                     "Best-aligned tasks (mean final test CKA): "
                     + ", ".join(f"{_esc(t)} ({per_task[t]:.2f})" for t in best)
