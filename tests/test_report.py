@@ -245,7 +245,7 @@ def test_report_of_unexpected_studies(tmp_path: Path, case: str) -> None:
         metrics.loc[m & (metrics["metric"] == "acc"), "value"] = 0.5
         metrics.loc[m & (metrics["metric"] == "cka"), "value"] = 1e-3
     study = prepare(runs, metrics, swept, path=tmp_path / "out")
-    result = render_report(study, tmp_path / "out", n_boot=100)
+    result = render_report(study, tmp_path / "out", n_boot=100, formats=("png",))
     page = _check_report(tmp_path / "out", result)
     if case == "all_diverged":
         assert (study.runs[STATE] == "diverged").all()
@@ -266,14 +266,16 @@ def test_report_of_partial_and_missing_stores(tmp_path: Path) -> None:
         build_report(tmp_path / "nope")
     plain = tmp_path / "plain"
     plain.mkdir()
-    result = build_report(plain)
+    result = build_report(plain, formats=("png",))
     page = _check_report(plain, result, min_figures=0)
     assert "not a ckalab results store" in page and "This report is partial" in page
 
     from ckalab.study.store import ResultsStore
 
     ResultsStore.open(tmp_path / "empty")
-    page = _check_report(tmp_path / "empty", build_report(tmp_path / "empty"), min_figures=0)
+    page = _check_report(
+        tmp_path / "empty", build_report(tmp_path / "empty", formats=("png",)), min_figures=0
+    )
     assert "no finished runs yet" in page
 
     path = write_synthetic_store(
@@ -281,7 +283,7 @@ def test_report_of_partial_and_missing_stores(tmp_path: Path) -> None:
     )
     first = sorted((path / "metrics").glob("*.parquet"))[0]
     first.unlink()
-    page = _check_report(path, build_report(path, n_boot=50))
+    page = _check_report(path, build_report(path, n_boot=50, formats=("png",)))
     assert "1 finished runs have no metrics file" in page
 
 

@@ -729,7 +729,7 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
         f" Showing {len(shown)} of {len(order)} configurations." if len(order) > len(shown) else ""
     )
     caption = (
-        f"{split.capitalize()} CKA of each probe layer (rows, input at the top) over training, "
+        f"{split.capitalize()} CKA of each probe layer (rows, input at the bottom) over training, "
         "mean over the runs that learned (tasks and seeds pooled) of each configuration."
         + more
         + " Colorbar lines: untrained network (dash-dotted, last layer at step 0) and "
