@@ -3,7 +3,9 @@
 135 runs (45 digit pairs x 3 hidden learning rates) with 513 evaluations each, written through
 the real store writer (:func:`ckalab.study.synthetic.write_synthetic_store`); the report (load,
 correlation table, every figure as PNG + PDF, the page) must take at most 30 s on 2 cores.
-Prints the seconds per step of the median repeat.
+Prints the seconds per step of the median repeat, the wall time of each repeat (a new process:
+imports included) and its CPU time (user + sys): on a machine shared with other jobs the wall
+time measures the contention, the CPU time what the report costs.
 
     python benchmarks/bench_report.py [--runs 135] [--evaluations 513] [--repeats 3]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,8 +56,9 @@ def main() -> int:
                 f"synthetic store: {args.runs} runs x {args.evaluations} evaluations "
                 f"written in {time.perf_counter() - t:.1f} s"
             )
-        totals, runs = [], []
+        totals, cpus, runs = [], [], []
         for _ in range(args.repeats):  # a fresh process each time: imports are counted too
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, str(path)],
@@ -63,6 +67,8 @@ def main() -> int:
                 check=True,
             )
             totals.append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         median = statistics.median(totals)
         result = runs[totals.index(sorted(totals)[len(totals) // 2])]
@@ -74,6 +80,10 @@ def main() -> int:
         print(
             f"{'total (median)':<20} {median:8.2f}   wall time of each repeat (new process): "
             + ", ".join(f"{t:.1f}" for t in totals)
+        )
+        print(
+            f"{'cpu time (median)':<20} {statistics.median(cpus):8.2f}   user+sys of each repeat "
+            "(what the wall time is on an idle machine): " + ", ".join(f"{c:.1f}" for c in cpus)
         )
         if result["failures"]:
             print("FAILED figures:", result["failures"])
