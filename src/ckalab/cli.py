@@ -87,9 +87,18 @@ def _cell_text(value: object) -> str:
 
 
 def _after_run(result: object, args: argparse.Namespace) -> None:
-    """Hook after ``ckalab run`` finished: says where the results are (a report step goes
-    here)."""
-    print(f"results: {getattr(result, 'path', '?')}", file=sys.stderr)
+    """After ``ckalab run``: write the study's report (unless ``--no-report``) and say where the
+    results and the report are."""
+    path = getattr(result, "path", None)
+    print(f"results: {path}", file=sys.stderr)
+    if path is None or args.no_report:
+        return
+    from ckalab.report.html import build_report
+
+    report = build_report(path)
+    for name, error in report.failures.items():
+        print(f"ckalab: warning: figure {name} could not be drawn: {error}", file=sys.stderr)
+    print(f"report: {report.html}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -187,6 +196,9 @@ def _parser_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs only")
     p.add_argument("--rerun-failed", action="store_true", help="also retry failed runs")
+    p.add_argument(
+        "--no-report", action="store_true", help="do not write DIR/report.html at the end"
+    )
     p.set_defaults(func=_cmd_run)
 
 
@@ -295,16 +307,46 @@ def _parser_show(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_show)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ckalab",
-        description=(
-            "ckalab: study feature learning in neural networks through kernel alignment (CKA)."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"ckalab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ckalab.report.html import build_report
 
+    result = build_report(
+        args.dir, formats=tuple(args.formats), include_not_learned=args.include_not_learned
+    )
+    for name, error in result.failures.items():
+        print(f"ckalab: warning: figure {name} could not be drawn: {error}", file=sys.stderr)
+    print(f"wrote {result.html} ({len(result.figures)} figure files, {len(result.tables)} tables)")
+    return 0
+
+
+def _parser_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write DIR/report.html, DIR/figures/ and DIR/tables/ from a study's results store",
+        description=(
+            "Draw the study's figures and correlation table from its results store and write "
+            "one self-contained page, DIR/report.html (also done at the end of `ckalab run`)."
+        ),
+        epilog="example:\n  ckalab report examples/results/quickstart",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dir", help="the results directory of the study")
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png", "pdf"],
+        choices=["png", "pdf", "svg"],
+        help="figure file formats (default: png pdf; the page always embeds PNG)",
+    )
+    p.add_argument(
+        "--include-not-learned",
+        action="store_true",
+        help="keep runs that did not learn (final train accuracy at chance) in the correlations",
+    )
+    p.set_defaults(func=_cmd_report)
+
+
+def _parser_datasets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "datasets",
         help="list the datasets, which are available offline, and where the cache is",
@@ -315,9 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="data folder to inspect (default: $CKALAB_DATA or the user cache directory)",
     )
     p.set_defaults(func=_cmd_datasets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckalab",
+        description=(
+            "ckalab: study feature learning in neural networks through kernel alignment (CKA)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"ckalab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _parser_datasets(sub)
     _parser_run(sub)
     _parser_ls(sub)
     _parser_show(sub)
+    _parser_report(sub)
     return parser
 
 
