@@ -33,7 +33,9 @@ together, lists of equal length: one factor), and the seeds (innermost).
 
 | key | meaning |
 |---|---|
-| `"section.field" = [v1, v2, ...]` | one factor: the field takes each value in turn, e.g. `"optim.lr" = [0.1, 0.01]`; list-valued fields take a list of lists, e.g. `"data.classes" = [[0, 1], [4, 9]]` |
+| `"section.field" = [v1, v2, ...]` | one factor: the field takes each value in turn, \
+e.g. `"optim.lr" = [0.1, 0.01]`; list-valued fields take a list of lists, \
+e.g. `"data.classes" = [[0, 1], [4, 9]]` |
 | `seeds = [0, 1]` or `seeds = 3` | `train.seed` values (a count `k` means `0 .. k-1`) |
 | `[[sweep.zip]]` | a table of fields whose lists are zipped instead of crossed |
 
