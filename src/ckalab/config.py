@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "NTKTrackingConfig",
     "OptimConfig",
     "RunConfig",
     "TrackingConfig",
@@ -194,6 +195,22 @@ class TrainConfig(_Section):
         return v
 
 
+class NTKTrackingConfig(_Section):
+    """Empirical-NTK tracking (:mod:`ckalab.ntk`): alignment with the targets (whole network and
+    per parameter group) and kernel distance to step 0 and to the previous measurement, on the
+    first ``probe_size`` examples (class-balanced) of the training probe set.
+
+    ``schedule``, ``every``, ``ratio``: as in :class:`TrackingConfig` (default geometric: the NTK
+    is costly). ``memory_budget``: bytes of working memory for one NTK computation.
+    """
+
+    schedule: Literal["epochs", "steps", "geometric", "final"] = "geometric"
+    every: int = Field(default=1, ge=1)
+    ratio: float = Field(default=2.0, gt=1)
+    probe_size: int = Field(default=256, ge=4, le=2048)
+    memory_budget: int = Field(default=1 << 30, ge=1 << 20)
+
+
 class TrackingConfig(_Section):
     """When and what to measure.
 
@@ -205,7 +222,8 @@ class TrackingConfig(_Section):
     layers to track (default: all). ``spatial``: convolutional feature maps are probed flattened
     (``C*H*W`` features) or averaged over space (``C`` features). Probe features of all tracked
     layers are held in memory at once: ``4 * probe_size * sum(features)`` bytes; lower
-    ``data.probe_size`` or use ``spatial = "mean"`` for wide convolutional networks.
+    ``data.probe_size`` or use ``spatial = "mean"`` for wide convolutional networks. ``ntk``:
+    empirical-NTK tracking on its own schedule (:class:`NTKTrackingConfig`; none by default).
     """
 
     schedule: Literal["epochs", "steps", "geometric", "final", "none"] = "epochs"
@@ -216,6 +234,7 @@ class TrackingConfig(_Section):
     layers: tuple[str, ...] | None = None
     spatial: Literal["flatten", "mean"] = "flatten"
     eval_batch_size: int = Field(default=2048, ge=1)
+    ntk: NTKTrackingConfig | None = None
 
 
 class CheckpointConfig(_Section):
