@@ -36,15 +36,24 @@ Two methods, chosen by a cost model (``method="auto"``, :func:`plan_ntk`):
 - ``"loop"``: the reference, one ``torch.autograd.grad`` per example and output, the whole
   ``(n O) x P`` Jacobian in memory (benchmark baseline; not memory-bounded).
 
-The cost model (:class:`NTKPlan`): flops are counted, not guessed, by running the forward pass,
-the per-example Jacobian and one forward-mode product per group on *one* example under
-:class:`torch.utils.flop_counter.FlopCounterMode`; activation memory is the bytes autograd saves
-for one example. Estimated time, in flop-equivalents: dense products (the contraction) at
-weight 1, Jacobian and ``jvp`` flops at weight 2 (batched, irregular products run at about half
-the rate of one large matrix product on the CPU), and every byte of Jacobian written at 32
-(memory bound). Symmetry is used by both methods: only blocks ``(A, B)`` with ``B >= A`` are
-computed. On a tie (estimates within 10%) the contraction is chosen: its kernels are exactly
-symmetric and its per-group split costs nothing extra.
+The cost model (:class:`NTKPlan`, :func:`plan_ntk`) measures instead of guessing: one forward
+pass of one example under :class:`torch.utils.flop_counter.FlopCounterMode`, with the flops of
+every leaf module recorded in call order, gives the forward flops ``F``, the Jacobian flops
+``F + O (2 F - F_1)`` (``F_1``: the first leaf, whose input needs no gradient) and the tangent
+flops ``T_g = 2 F_g`` (``F_g``: the flops from the first leaf of group ``g`` onward); these
+equal the counts of ``jacrev`` and ``jvp`` themselves on the MLP, CNN and ResNet. Activation
+memory is the bytes autograd saves for one example. Estimated time, in flop-equivalents:
+
+    jacobian:  J (w_b F_jac + w_m O P s) + w_g 2 O^k P pairs(b_j)
+    vp:        n (w_b F_jac + w_m O P s) + w_b (O pairs(b_v) sum_g T_g + primal recomputation)
+
+with ``J`` the number of example Jacobians computed (``n``, or ``b (1 + m (m - 1) / 2)`` when
+``m`` blocks of ``b`` must be recomputed), ``s`` the bytes per number, ``pairs(b)`` the example
+pairs in the blocks ``B >= A`` (symmetry is used by both methods), dense products at weight
+``w_g = 1``, batched and forward-mode flops at ``w_b = 2`` (they run at about half the rate of
+one large matrix product on the CPU) and every byte of Jacobian written at ``w_m = 32``
+(memory bound). On a tie (estimates within 10%) the contraction is chosen: its kernels are
+exactly symmetric and its per-group split costs nothing extra.
 
 Memory: ``memory_budget`` (bytes, default :data:`DEFAULT_MEMORY_BUDGET` = 1 GiB) bounds the
 working memory besides the returned kernels. Examples are processed in blocks: the contraction
@@ -53,13 +62,15 @@ and, when all ``n`` do not fit, recomputes Jacobians (``1 + m (m - 1) / 2`` bloc
 ``m`` blocks); the products only ever hold one block's Jacobian and a ``jvp`` batch. At the
 default budget (float32):
 
-- classic MLP 784 -> 1024 -> 2 (P = 805,890; ``O P`` = 6.4 MB per example): all Jacobians stay
-  resident up to n = 160; larger n runs in blocks of about 80 examples (n = 256: 4 blocks,
-  n = 512: 7). Any n runs; the returned trace kernels (3 of them: whole, ``hidden1``,
-  ``readout``) take ``12 n^2`` bytes.
-- small ResNet (ResNet-8, width 16, 3 x 32 x 32 inputs, P = 78,042; 10 outputs: ``O P`` =
-  3.1 MB, about 1.3 MB of activations per example and output): resident up to n = 70, then blocks of
-  about 35 (n = 128: 4 blocks); with 2 outputs resident up to n = 180.
+- classic MLP 784 -> 1024 -> 2 (P = 805,890; ``O P`` = 6.4 MB of Jacobian per example): all
+  Jacobians stay resident up to n = 158; beyond, blocks of 82 examples (n = 256: 4 blocks,
+  n = 512: 7). The kernels themselves (whole, ``hidden1``, ``readout``) bound n: up to 9,402
+  (trace, ``12 n^2`` bytes) or 4,701 (full).
+- small ResNet (ResNet-8, width 16, 3 x 32 x 32 inputs, P = 78,042, groups ``stem``,
+  ``block1..3``, ``readout``) with 10 outputs (``O P`` = 3.1 MB per example, 1.3 MB of saved
+  activations per example and output in the backward pass): resident up to n = 297 (trace;
+  n = 128 in one piece) or 250 (full), then blocks of about 50; at most n = 6,622 (trace) or
+  662 (full: six ``(10 n)^2`` kernels). With 2 outputs: resident up to n = 1,575.
 
 Alignment (Baratin et al. 2021, Atanasov et al. 2021): :func:`ntk_alignment` of a trace kernel
 with the target kernel ``Y Y^T``, centered (CKA in Gram form,
