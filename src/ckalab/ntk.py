@@ -296,19 +296,76 @@ class NTKPlan:
         return self.block_jacobian >= self.n
 
 
-def _flops(
-    model: nn.Module, fun: _Functional, x1: Tensor, num_outputs: int
-) -> tuple[int, int, dict[str, int]]:
-    """Forward, Jacobian and per-group tangent flops of one example, from one counted forward.
+#: Leaf modules whose flops (as :class:`~torch.utils.flop_counter.FlopCounterMode` counts them:
+#: matrix products and convolutions only) follow from their output shape; others count none.
+_PRODUCT_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FREE_LEAVES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Identity,
+    nn.Flatten,
+    nn.Dropout,
+    nn.ReLU,
+    nn.Tanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+)
 
-    The flops of every leaf module are recorded in call order (forward hooks reading a
-    :class:`~torch.utils.flop_counter.FlopCounterMode`). With ``F`` the forward flops, ``F_1``
-    those of the first leaf and ``F_g`` those from the first leaf owning a parameter of group
-    ``g`` onward: Jacobian ``F + O (2 F - F_1)`` (forward, then per output the weight gradients
-    and the input gradients of every leaf but the first); tangent ``2 F_g`` (forward mode
-    propagates the tangent and the primal from the group onward). These match the counts of
-    ``jacrev`` and ``jvp`` themselves on the MLP, CNN and ResNet (which take seconds to count
-    under ``vmap``; this takes one forward pass).
+
+def _leaf_flops(mod: nn.Module, out: Tensor) -> int:
+    if isinstance(mod, nn.Linear):
+        return 2 * out.numel() * mod.in_features
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        per_output = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+        return 2 * out.numel() * per_output
+    return 0
+
+
+def _analytic(model: nn.Module, leaves: list[nn.Module]) -> bool:
+    """Whether leaf hooks see every flop: a ckalab model or ``nn.Sequential`` (no products
+    outside its leaves) made of known leaves only."""
+    from ckalab.models import Activation, GlobalAvgPool, ProbedModel
+
+    known = (*_PRODUCT_LEAVES, *_FREE_LEAVES, Activation, GlobalAvgPool)
+    return isinstance(model, (ProbedModel, nn.Sequential)) and all(
+        isinstance(m, known) for m in leaves
+    )
+
+
+@dataclass(frozen=True)
+class _Measured:
+    output: Tensor  # of one example
+    forward: int
+    first: int
+    tail: dict[str, int]  # F_g
+    saved_bytes: int
+
+    def jacobian_flops(self) -> int:
+        o = int(self.output.shape[1])
+        return self.forward + o * (2 * self.forward - self.first)
+
+
+def _measure(model: nn.Module, fun: _Functional, x1: Tensor) -> _Measured:
+    """Flops and saved activation bytes of one example, from one forward pass.
+
+    The flops of every leaf module are recorded in call order by forward hooks: from the output
+    shape for linear and convolutional layers when the model is made of known leaves
+    (:data:`_PRODUCT_LEAVES`, :data:`_FREE_LEAVES`), else read from a
+    :class:`~torch.utils.flop_counter.FlopCounterMode` around the pass (slower: ~0.3 s for the
+    ResNet). With ``F`` the forward flops, ``F_1`` those of the first leaf and ``F_g`` those from
+    the first leaf owning a parameter of group ``g`` onward: Jacobian ``F + O (2 F - F_1)``
+    (forward, then per output the weight gradients and the input gradients of every leaf but the
+    first); tangent ``2 F_g`` (forward mode propagates the tangent and the primal from the group
+    onward). These match FlopCounterMode's counts of ``jacrev`` and ``jvp`` themselves on the
+    MLP, CNN and ResNet (which take seconds to count under ``vmap``). The same pass records the
+    bytes autograd saves (``saved_tensors_hooks``).
     """
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     owner = {}
@@ -316,45 +373,48 @@ def _flops(
         for p_name, _ in mod.named_parameters(recurse=False):
             owner[f"{mod_name}.{p_name}" if mod_name else p_name] = mod
     calls: list[tuple[nn.Module, int]] = []
-    with FlopCounterMode(display=False) as counter:
-        start: dict[int, int] = {}
+    analytic = _analytic(model, leaves)
+    counter = contextlib.nullcontext() if analytic else FlopCounterMode(display=False)
+    start: dict[int, int] = {}
 
-        def pre(mod: nn.Module, _args: Any) -> None:
-            start[id(mod)] = counter.get_total_flops()
+    def total() -> int:
+        return 0 if analytic else int(counter.get_total_flops())  # type: ignore[union-attr]
 
-        def post(mod: nn.Module, _args: Any, _out: Any) -> None:
-            calls.append((mod, counter.get_total_flops() - start.pop(id(mod))))
+    def pre(mod: nn.Module, _args: Any) -> None:
+        start[id(mod)] = total()
 
-        handles = [m.register_forward_pre_hook(pre) for m in leaves]
-        handles += [m.register_forward_hook(post) for m in leaves]
-        try:
-            fun(fun.trainable, x1)
-        finally:
-            for h in handles:
-                h.remove()
-    forward = int(counter.get_total_flops())
-    first = calls[0][1] if calls else 0
-    jac = forward + num_outputs * (2 * forward - first)
-    tangent: dict[str, int] = {}
-    for g, names in fun.groups.items():
-        mods = {id(owner[n]) for n in names}
-        pos = next((i for i, (m, _) in enumerate(calls) if id(m) in mods), None)
-        tangent[g] = 2 * (forward if pos is None else sum(f for _, f in calls[pos:]))
-    return forward, int(jac), tangent
+    def post(mod: nn.Module, _args: Any, out: Any) -> None:
+        done = _leaf_flops(mod, out) if analytic else total() - start[id(mod)]
+        calls.append((mod, done))
 
-
-def _saved_bytes(fun: _Functional, x1: Tensor) -> int:
-    total = 0
+    saved = 0
 
     def pack(t: Tensor) -> Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
+        nonlocal saved
+        saved += t.numel() * t.element_size()
         return t
 
     params = {n: p.detach().requires_grad_(True) for n, p in fun.trainable.items()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
-        fun(params, x1)
-    return total
+    handles = [m.register_forward_pre_hook(pre) for m in leaves]
+    handles += [m.register_forward_hook(post) for m in leaves]
+    try:
+        with (
+            counter,
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.enable_grad(),
+        ):
+            out = fun(params, x1).detach()
+    finally:
+        for h in handles:
+            h.remove()
+    forward = sum(f for _, f in calls) if analytic else total()
+    tail: dict[str, int] = {}
+    for g, names in fun.groups.items():
+        mods = {id(owner[n]) for n in names}
+        pos = next((i for i, (m, _) in enumerate(calls) if id(m) in mods), None)
+        tail[g] = forward if pos is None else sum(f for _, f in calls[pos:])
+    first = calls[0][1] if calls else 0
+    return _Measured(out, forward, first, tail, saved)
 
 
 def _pairs(n: int, block: int) -> float:
@@ -385,12 +445,13 @@ def plan_ntk(
     with _eval_mode(model), torch.no_grad():
         fun = _Functional(model, gmap)
         x1 = x[:1]
-        out = fun(fun.trainable, x1)
-        if out.ndim != 2:
-            raise ValueError(f"the model output must be (n, outputs), got shape {tuple(out.shape)}")
-        num_outputs = int(out.shape[1])
-        forward, jac, tangent = _flops(model, fun, x1, num_outputs)
-        act = _saved_bytes(fun, x1)
+        measured = _measure(model, fun, x1)
+    out = measured.output
+    if out.ndim != 2:
+        raise ValueError(f"the model output must be (n, outputs), got shape {tuple(out.shape)}")
+    num_outputs = int(out.shape[1])
+    forward, jac, act = measured.forward, measured.jacobian_flops(), measured.saved_bytes
+    tangent = {g: 2 * f for g, f in measured.tail.items()}
     itemsize = out.element_size()
     num_params = sum(fun.sizes.values())
     o = num_outputs
@@ -631,7 +692,7 @@ def empirical_ntk(
         raise ValueError("plan was made for another n or kind")
     with _eval_mode(model), torch.no_grad():
         fun = _Functional(model, gmap)
-        o = int(fun(fun.trainable, x[:1]).shape[1])
+        o = plan.num_outputs if plan is not None else int(fun(fun.trainable, x[:1]).shape[1])
         size = x.shape[0] * (o if kind == "full" else 1)
         dtype = next(iter(fun.trainable.values())).dtype
         out = torch.empty(len(gmap), size, size, dtype=dtype, device=x.device)
