@@ -177,6 +177,47 @@ def test_plan_measures_flops_and_refuses_a_tiny_budget() -> None:
         plan_ntk(model, torch.zeros(8, 784), memory_budget=1 << 20)
 
 
+def _counted(fn: Any) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+class _Bilinear(nn.Module):
+    """A model with a product outside any leaf module (the cost model must count it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(5, 4)
+        self.mix = nn.Parameter(torch.ones(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.inner(x)) @ self.mix
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn, lambda: (_Bilinear(), torch.zeros(3, 5))])
+def test_flop_model_matches_the_counted_jacobian_and_jvp(make: Any) -> None:
+    from ckalab.ntk import _eval_mode, _Functional, _measure
+
+    model, x = make()
+    x1 = x[:1].to(next(model.parameters()).dtype)
+    groups = ntk_groups(model)
+    with _eval_mode(model), torch.no_grad():
+        fun = _Functional(model, groups)
+        m = _measure(model, fun, x1)
+        assert m.forward == _counted(lambda: fun(fun.trainable, x1)) > 0
+        assert m.jacobian_flops() == _counted(lambda: fun.jacobian(x1))
+        for g, names in groups.items():
+            zeros = {n: torch.zeros_like(fun.trainable[n]).unsqueeze(0) for n in names}
+            jvp_flops = _counted(lambda g=g, z=zeros: fun.jvp_group(g, x1, z))
+            if g == "mix":  # a parameter used outside any leaf module: an upper bound
+                assert 2 * m.tail[g] >= jvp_flops - m.forward
+            else:
+                assert 2 * m.tail[g] == jvp_flops - m.forward, g
+
+
 # ----------------------------------------------------------------------------------------------
 # Neutrality
 # ----------------------------------------------------------------------------------------------

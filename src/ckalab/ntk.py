@@ -364,7 +364,9 @@ def _measure(model: nn.Module, fun: _Functional, x1: Tensor) -> _Measured:
     (forward, then per output the weight gradients and the input gradients of every leaf but the
     first); tangent ``2 F_g`` (forward mode propagates the tangent and the primal from the group
     onward). These match FlopCounterMode's counts of ``jacrev`` and ``jvp`` themselves on the
-    MLP, CNN and ResNet (which take seconds to count under ``vmap``). The same pass records the
+    MLP, CNN and ResNet (which take seconds to count under ``vmap``). Products outside any leaf
+    are taken to come after the leaves, and a group of parameters owned by no leaf is given
+    ``F_g = F``: an upper bound. The same pass records the
     bytes autograd saves (``saved_tensors_hooks``).
     """
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
@@ -408,11 +410,12 @@ def _measure(model: nn.Module, fun: _Functional, x1: Tensor) -> _Measured:
         for h in handles:
             h.remove()
     forward = sum(f for _, f in calls) if analytic else total()
+    outside = forward - sum(f for _, f in calls)  # products outside leaves: taken to come last
     tail: dict[str, int] = {}
     for g, names in fun.groups.items():
         mods = {id(owner[n]) for n in names}
         pos = next((i for i, (m, _) in enumerate(calls) if id(m) in mods), None)
-        tail[g] = forward if pos is None else sum(f for _, f in calls[pos:])
+        tail[g] = forward if pos is None else sum(f for _, f in calls[pos:]) + outside
     first = calls[0][1] if calls else 0
     return _Measured(out, forward, first, tail, saved)
 
