@@ -81,8 +81,11 @@ def tiny_cnn(batch_norm: bool = True) -> tuple[nn.Module, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn], ids=["mlp", "cnn"])
-@pytest.mark.parametrize("method", [*METHODS, "loop"])
+@pytest.mark.parametrize(
+    ("make", "method"),
+    [(tiny_mlp, m) for m in [*METHODS, "loop"]] + [(tiny_cnn, m) for m in METHODS],
+    ids=["mlp-jacobian", "mlp-vp", "mlp-loop", "cnn-jacobian", "cnn-vp"],
+)
 def test_matches_the_explicit_autograd_loop(make: Any, method: str) -> None:
     model, x = make()
     groups = ntk_groups(model)
@@ -344,6 +347,7 @@ def test_lazy_and_rich_regimes() -> None:
     assert rich > 20 * lazy and rich > 1e-2
 
 
+@pytest.mark.slow
 def test_resumed_run_keeps_the_reference_kernels(tmp_path: Path) -> None:
     cfg = digits_config(
         train={"steps": None, "epochs": 3},
