@@ -171,7 +171,11 @@ def test_plan_measures_flops_and_refuses_a_tiny_budget() -> None:
     plan = plan_ntk(model, torch.zeros(512, 784))
     assert plan.num_params == 784 * 1024 + 1024 + 2 * 1024 + 2
     assert plan.forward_flops == 2 * (784 * 1024 + 1024 * 2)
-    assert plan.method == "jacobian" and not plan.resident  # 512 x 6.4 MB > 1 GiB
+    # 512 x 6.4 MB > 1 GiB: the contraction would recompute Jacobians; the products do not.
+    assert not plan.resident and plan.method == "vp"
+    assert plan_ntk(model, torch.zeros(128, 784)).method == "jacobian"  # resident
+    resnet = ResNet((3, 32, 32), 10, width=4)  # convolutions: slow under vmap, contraction wins
+    assert plan_ntk(resnet, torch.zeros(64, 3, 32, 32), kind="full").method == "jacobian"
     assert plan.block_jacobian * 2 * 2 * plan.num_params * 4 < plan.memory_budget
     wide_out = MLP(20, 50, width=64)  # many outputs, cheap forward: products win the full NTK
     assert plan_ntk(wide_out, torch.zeros(64, 20), kind="full").method == "vp"
@@ -210,15 +214,16 @@ def test_flop_model_matches_the_counted_jacobian_and_jvp(make: Any) -> None:
     with _eval_mode(model), torch.no_grad():
         fun = _Functional(model, groups)
         m = _measure(model, fun, x1)
-        assert m.forward == _counted(lambda: fun(fun.trainable, x1)) > 0
-        assert m.jacobian_flops() == _counted(lambda: fun.jacobian(x1))
+        o = int(m.output.shape[1])
+        assert m.flops.forward == _counted(lambda: fun(fun.trainable, x1)) > 0
+        assert m.flops.jacobian(o) == _counted(lambda: fun.jacobian(x1))
         for g, names in groups.items():
             zeros = {n: torch.zeros_like(fun.trainable[n]).unsqueeze(0) for n in names}
             jvp_flops = _counted(lambda g=g, z=zeros: fun.jvp_group(g, x1, z))
             if g == "mix":  # a parameter used outside any leaf module: an upper bound
-                assert 2 * m.tail[g] >= jvp_flops - m.forward
+                assert 2 * m.flops.tail[g] >= jvp_flops - m.flops.forward
             else:
-                assert 2 * m.tail[g] == jvp_flops - m.forward, g
+                assert 2 * m.flops.tail[g] == jvp_flops - m.flops.forward, g
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,16 +44,21 @@ flops ``T_g = 2 F_g`` (``F_g``: the flops from the first leaf of group ``g`` onw
 equal the counts of ``jacrev`` and ``jvp`` themselves on the MLP, CNN and ResNet. Activation
 memory is the bytes autograd saves for one example. Estimated time, in flop-equivalents:
 
-    jacobian:  J (w_b F_jac + w_m O P s) + w_g 2 O^k P pairs(b_j)
-    vp:        n (w_b F_jac + w_m O P s) + w_b (O pairs(b_v) sum_g T_g + primal recomputation)
+    jacobian:  J (F_jac + w_m O P s) + 2 O^k P pairs(b_j)
+    vp:        n (F_jac + w_m O P s) + O pairs(b_v) sum_g T_g + primal recomputation
 
 with ``J`` the number of example Jacobians computed (``n``, or ``b (1 + m (m - 1) / 2)`` when
 ``m`` blocks of ``b`` must be recomputed), ``s`` the bytes per number, ``pairs(b)`` the example
-pairs in the blocks ``B >= A`` (symmetry is used by both methods), dense products at weight
-``w_g = 1``, batched and forward-mode flops at ``w_b = 2`` (they run at about half the rate of
-one large matrix product on the CPU) and every byte of Jacobian written at ``w_m = 32``
-(memory bound). On a tie (estimates within 10%) the contraction is chosen: its kernels are
-exactly symmetric and its per-group split costs nothing extra.
+pairs in the blocks ``B >= A`` (symmetry is used by both methods). Weights, calibrated on the
+CPU (torch 2.13, 2 threads) with the benchmark's MLP and ResNet: matrix products, batched or
+not, ``w = 1``; convolution flops count 12 times (per-example weight gradients and
+weight tangents of convolutions run as grouped convolutions under ``vmap``, about 12 times
+slower per flop), and every byte of Jacobian written ``w_m = 96`` flops (materializing the
+Jacobian is memory bound). On a tie (estimates within 10%) the contraction is chosen: its
+kernels are exactly symmetric and its per-group split costs nothing extra. Consequences: the
+contraction for convolutional networks and for a resident MLP Jacobian; the products for the
+classic MLP once its Jacobians no longer fit (n > 158 at the default budget) and for MLPs with
+many outputs.
 
 Memory: ``memory_budget`` (bytes, default :data:`DEFAULT_MEMORY_BUDGET` = 1 GiB) bounds the
 working memory besides the returned kernels. Examples are processed in blocks: the contraction
@@ -127,7 +132,7 @@ Kind = Literal["trace", "full"]
 Method = Literal["auto", "jacobian", "vp", "loop"]
 
 # Cost-model weights, in flop-equivalents (see the module docstring).
-_W_GEMM, _W_BATCHED, _W_BYTE = 1.0, 2.0, 32.0
+_W_GEMM, _W_CONV, _W_BYTE = 1.0, 12.0, 96.0
 _TIE = 1.10
 # Working memory of a backward pass per example and cotangent, relative to the saved activations.
 _ACT_FACTOR = 1.0
@@ -340,16 +345,33 @@ def _analytic(model: nn.Module, leaves: list[nn.Module]) -> bool:
 
 
 @dataclass(frozen=True)
+class _Flops:
+    forward: float  # F
+    first: float  # F_1
+    tail: dict[str, float]  # F_g
+
+    def jacobian(self, num_outputs: int) -> float:
+        return self.forward + num_outputs * (2 * self.forward - self.first)
+
+
+@dataclass(frozen=True)
 class _Measured:
     output: Tensor  # of one example
-    forward: int
-    first: int
-    tail: dict[str, int]  # F_g
+    flops: _Flops  # as counted
+    weighted: _Flops  # convolution flops times _W_CONV (the cost model's)
     saved_bytes: int
 
-    def jacobian_flops(self) -> int:
-        o = int(self.output.shape[1])
-        return self.forward + o * (2 * self.forward - self.first)
+
+def _summarize(
+    calls: list[tuple[nn.Module, float]], forward: float, fun: _Functional, owner: dict
+) -> _Flops:
+    outside = forward - sum(f for _, f in calls)  # products outside leaves: taken to come last
+    tail: dict[str, float] = {}
+    for g, names in fun.groups.items():
+        mods = {id(owner[n]) for n in names}
+        pos = next((i for i, (m, _) in enumerate(calls) if id(m) in mods), None)
+        tail[g] = forward if pos is None else sum(f for _, f in calls[pos:]) + outside
+    return _Flops(forward, calls[0][1] if calls else 0.0, tail)
 
 
 def _measure(model: nn.Module, fun: _Functional, x1: Tensor) -> _Measured:
@@ -374,7 +396,7 @@ def _measure(model: nn.Module, fun: _Functional, x1: Tensor) -> _Measured:
     for mod_name, mod in model.named_modules():
         for p_name, _ in mod.named_parameters(recurse=False):
             owner[f"{mod_name}.{p_name}" if mod_name else p_name] = mod
-    calls: list[tuple[nn.Module, int]] = []
+    calls: list[tuple[nn.Module, float]] = []
     analytic = _analytic(model, leaves)
     counter = contextlib.nullcontext() if analytic else FlopCounterMode(display=False)
     start: dict[int, int] = {}
@@ -410,14 +432,15 @@ def _measure(model: nn.Module, fun: _Functional, x1: Tensor) -> _Measured:
         for h in handles:
             h.remove()
     forward = sum(f for _, f in calls) if analytic else total()
-    outside = forward - sum(f for _, f in calls)  # products outside leaves: taken to come last
-    tail: dict[str, int] = {}
-    for g, names in fun.groups.items():
-        mods = {id(owner[n]) for n in names}
-        pos = next((i for i, (m, _) in enumerate(calls) if id(m) in mods), None)
-        tail[g] = forward if pos is None else sum(f for _, f in calls[pos:]) + outside
-    first = calls[0][1] if calls else 0
-    return _Measured(out, forward, first, tail, saved)
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    weighted = [(m, f * (_W_CONV if isinstance(m, convs) else 1.0)) for m, f in calls]
+    outside = forward - sum(f for _, f in calls)
+    return _Measured(
+        out,
+        _summarize(calls, forward, fun, owner),  # type: ignore[arg-type]
+        _summarize(weighted, sum(f for _, f in weighted) + outside, fun, owner),
+        saved,
+    )
 
 
 def _pairs(n: int, block: int) -> float:
@@ -453,8 +476,11 @@ def plan_ntk(
     if out.ndim != 2:
         raise ValueError(f"the model output must be (n, outputs), got shape {tuple(out.shape)}")
     num_outputs = int(out.shape[1])
-    forward, jac, act = measured.forward, measured.jacobian_flops(), measured.saved_bytes
-    tangent = {g: 2 * f for g, f in measured.tail.items()}
+    counted, weighted = measured.flops, measured.weighted
+    forward, jac, act = int(counted.forward), counted.jacobian(num_outputs), measured.saved_bytes
+    tangent = {g: int(2 * f) for g, f in counted.tail.items()}
+    jac_w = weighted.jacobian(num_outputs)
+    tangent_w = sum(2 * f for f in weighted.tail.values())
     itemsize = out.element_size()
     num_params = sum(fun.sizes.values())
     o = num_outputs
@@ -478,7 +504,7 @@ def plan_ntk(
         block_c = block_j
     m = math.ceil(n / block_j)
     jac_evals = n if m == 1 else block_j * (1 + m * (m - 1) / 2)
-    jac_cost = jac_evals * (_W_BATCHED * jac + _W_BYTE * jac_row)
+    jac_cost = jac_evals * (jac_w + _W_BYTE * jac_row)
     sym = block_j if m > 1 else max(_MIN_SYM_BLOCK, math.ceil(n / _SYM_BLOCKS))
     contract = _pairs(n, min(sym, n)) * 2 * o ** (2 if kind == "full" else 1) * num_params
     cost_j = jac_cost + _W_GEMM * contract
@@ -488,9 +514,9 @@ def plan_ntk(
     per_tangent = block_v * (act + num_outputs * itemsize)
     tangent_batch = max(1, min(block_v * o, int(rest // max(per_tangent, 1))))
     mv = math.ceil(n / block_v)
-    jvp_cost = _pairs(n, block_v) * o * sum(tangent.values())
-    primal = mv * n * forward * len(gmap) * math.ceil(block_v * o / tangent_batch)
-    cost_v = n * (_W_BATCHED * jac + _W_BYTE * jac_row) + _W_BATCHED * (jvp_cost + primal)
+    jvp_cost = _pairs(n, block_v) * o * tangent_w
+    primal = mv * n * weighted.forward * len(gmap) * math.ceil(block_v * o / tangent_batch)
+    cost_v = n * (jac_w + _W_BYTE * jac_row) + jvp_cost + primal
     method = "vp" if cost_v * _TIE < cost_j else "jacobian"
     return NTKPlan(
         method=method,
@@ -499,7 +525,7 @@ def plan_ntk(
         num_outputs=o,
         num_params=num_params,
         forward_flops=forward,
-        jacobian_flops=jac,
+        jacobian_flops=int(jac),
         tangent_flops=tangent,
         activation_bytes=act,
         block_jacobian=block_j,
