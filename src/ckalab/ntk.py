@@ -30,17 +30,19 @@ Two methods, chosen by a cost model (``method="auto"``, :func:`plan_ntk`):
   pass per group; no second Jacobian is ever held. Cost: the Jacobians once, plus ``O T_g``
   flops per pair of examples and group, ``T_g`` the forward-mode flops of one example and one
   tangent on group ``g`` (at least the flops of the layers from ``g`` onward). It needs the full
-  block even for the trace kernel, so it wins only for the full kernel of networks whose forward
-  pass is cheap relative to ``O P`` (wide MLPs with many outputs), or when memory forces the
-  contraction to recompute Jacobians.
+  block even for the trace kernel, so it wins for networks whose forward pass is cheap relative
+  to ``O P`` (MLPs, whose ``T_g`` is about ``2 P``, the more so with many outputs) and when
+  memory forces the contraction to recompute Jacobians.
 - ``"loop"``: the reference, one ``torch.autograd.grad`` per example and output, the whole
   ``(n O) x P`` Jacobian in memory (benchmark baseline; not memory-bounded).
 
 The cost model (:class:`NTKPlan`, :func:`plan_ntk`) measures instead of guessing: one forward
-pass of one example under :class:`torch.utils.flop_counter.FlopCounterMode`, with the flops of
-every leaf module recorded in call order, gives the forward flops ``F``, the Jacobian flops
-``F + O (2 F - F_1)`` (``F_1``: the first leaf, whose input needs no gradient) and the tangent
-flops ``T_g = 2 F_g`` (``F_g``: the flops from the first leaf of group ``g`` onward); these
+pass of one example, with the flops of every leaf module recorded in call order (from the output
+shapes of linear and convolutional layers; under
+:class:`torch.utils.flop_counter.FlopCounterMode` for other modules), gives the forward flops
+``F``, the Jacobian flops ``F + O (2 F - F_1)`` (``F_1``: the first leaf, whose input needs
+no gradient) and the tangent flops ``T_g = 2 F_g`` (``F_g``: the flops from the first leaf of
+group ``g`` onward); these
 equal the counts of ``jacrev`` and ``jvp`` themselves on the MLP, CNN and ResNet. Activation
 memory is the bytes autograd saves for one example. Estimated time, in flop-equivalents:
 
