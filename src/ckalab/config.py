@@ -32,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "NTKTrackingConfig",
     "OptimConfig",
     "RunConfig",
     "TrackingConfig",
@@ -222,6 +223,22 @@ class TrainConfig(_Section):
         return v
 
 
+class NTKTrackingConfig(_Section):
+    """Empirical-NTK tracking (:mod:`ckalab.ntk`): alignment with the targets (whole network and
+    per parameter group) and kernel distance to step 0 and to the previous measurement, on the
+    first ``probe_size`` examples (class-balanced) of the training probe set.
+
+    ``schedule``, ``every``, ``ratio``: as in :class:`TrackingConfig` (default geometric: the NTK
+    is costly). ``memory_budget``: bytes of working memory for one NTK computation.
+    """
+
+    schedule: Literal["epochs", "steps", "geometric", "final"] = "geometric"
+    every: int = Field(default=1, ge=1)
+    ratio: float = Field(default=2.0, gt=1)
+    probe_size: int = Field(default=256, ge=4, le=2048)
+    memory_budget: int = Field(default=1 << 30, ge=1 << 20)
+
+
 class TrackingConfig(_Section):
     """When and what to measure.
 
@@ -233,7 +250,8 @@ class TrackingConfig(_Section):
     layers to track (default: all). ``spatial``: convolutional feature maps are probed flattened
     (``C*H*W`` features) or averaged over space (``C`` features). Probe features of all tracked
     layers are held in memory at once: ``4 * probe_size * sum(features)`` bytes; lower
-    ``data.probe_size`` or use ``spatial = "mean"`` for wide convolutional networks.
+    ``data.probe_size`` or use ``spatial = "mean"`` for wide convolutional networks. ``ntk``:
+    empirical-NTK tracking on its own schedule (:class:`NTKTrackingConfig`; none by default).
     """
 
     schedule: Literal["epochs", "steps", "geometric", "final", "none"] = "epochs"
@@ -244,6 +262,7 @@ class TrackingConfig(_Section):
     layers: tuple[str, ...] | None = None
     spatial: Literal["flatten", "mean"] = "flatten"
     eval_batch_size: int = Field(default=2048, ge=1)
+    ntk: NTKTrackingConfig | None = None
 
 
 class CheckpointConfig(_Section):
@@ -305,17 +324,25 @@ def identity(config: RunConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=IDENTITY_EXCLUDE)
 
 
+def _without_unset(value: Any) -> Any:
+    """``value`` with every ``None`` entry of every mapping removed (recursively)."""
+    if isinstance(value, dict):
+        return {k: _without_unset(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def canonical_json(config: RunConfig) -> str:
     """The canonical JSON text of :func:`identity`, the input of :func:`run_id`.
 
     Keys sorted at every level, no whitespace (``separators=(",", ":")``), ASCII only, floats
     in Python's shortest round-trip form (``0.1``, ``1e-05``, ``1.0``: an integer given for a
-    float field is stored as a float, so ``lr = 1`` and ``lr = 1.0`` are the same run), and
-    non-finite numbers refused. Example for the defaults:
-    ``{"data":{"classes":null,"dataset":"digits",...},"model":{...},...}``.
+    float field is stored as a float, so ``lr = 1`` and ``lr = 1.0`` are the same run),
+    non-finite numbers refused, and unset fields (``None``) left out, so that adding an optional
+    field or section whose default is unset (such as ``tracking.ntk``) keeps every existing id.
+    Example for the defaults: ``{"data":{"dataset":"digits","encoding":"one_hot",...},...}``.
     """
     return json.dumps(
-        identity(config),
+        _without_unset(identity(config)),
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,

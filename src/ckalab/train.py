@@ -41,6 +41,7 @@ from ckalab.config import ConfigError, RunConfig, config_diff, parse_run_config
 from ckalab.data import BatchStream, DataError, Split, Task, default_augmentation, make_task
 from ckalab.metrics import MetricRow, rows_from_columns, rows_to_columns, summaries_from_rows
 from ckalab.models import ProbedModel, build_model
+from ckalab.ntk import NTKTracker, build_ntk_tracker
 from ckalab.objective import compute_loss
 from ckalab.optim import build_optimizer, lr_factor, set_learning_rates
 from ckalab.seeds import Stream, torch_generator
@@ -162,6 +163,7 @@ class _Setup:
     num_epochs: int
     track_at: frozenset[int]
     num_classes: int
+    ntk: NTKTracker | None = None
 
 
 def _load_task(config: RunConfig, device: torch.device) -> Task:
@@ -277,6 +279,7 @@ def _setup(config: RunConfig, task: Task | None = None) -> _Setup:
         num_epochs=math.ceil(total / spe),
         track_at=frozenset(tracking_steps(tr, spe, total)),
         num_classes=k,
+        ntk=build_ntk_tracker(tr.ntk, task, spe, total),
     )
 
 
@@ -307,6 +310,7 @@ def _save(path: Path, s: _Setup, st: _State, wall_time: float) -> None:
             "status": st.status,
             "diverged_at": st.diverged_at,
             "wall_time": wall_time,
+            "ntk": None if s.ntk is None else s.ntk.state_dict(),
             "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "generator": s.generator.get_state(),
@@ -328,6 +332,8 @@ def _restore(path: Path, s: _Setup) -> _State:
             f"{', '.join(diff)}); use another checkpoint.dir or the same configuration"
         )
     s.model.load_state_dict(ckpt["model"])
+    if s.ntk is not None and ckpt.get("ntk") is not None:
+        s.ntk.load_state_dict(ckpt["ntk"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.generator.set_state(ckpt["generator"])
     return _State(
@@ -381,13 +387,18 @@ class _Loop:
     def track(self, loss_sum: Tensor) -> bool:
         """Evaluate at the current step if scheduled; False if the run has diverged."""
         step = self.st.step
-        if step not in self.s.track_at or step in self.evaluated:
+        evaluate = step in self.s.track_at and step not in self.evaluated
+        ntk = self.s.ntk is not None and self.s.ntk.due(step)
+        if not (evaluate or ntk):
             return True
         if not _all_finite(loss_sum, self.s.model):
             self.diverge()
             return False
-        self.evaluated.add(step)
-        self.emit(self.s.evaluator(self.s.model, step, self.epoch_of(step)))
+        if evaluate:
+            self.evaluated.add(step)
+            self.emit(self.s.evaluator(self.s.model, step, self.epoch_of(step)))
+        if ntk and self.s.ntk is not None:
+            self.emit(self.s.ntk(self.s.model, step, self.epoch_of(step)))
         return True
 
     def run(self) -> None:
