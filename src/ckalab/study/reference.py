@@ -62,6 +62,15 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _table_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a table-valued field (``Model`` or ``Model | None``), else None."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    for candidate in candidates:
+        if inspect.isclass(candidate) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _default(info: FieldInfo) -> str:
     if info.default_factory is not None:
         return "(table)"
@@ -102,17 +111,19 @@ def _section(title: str, model: type[BaseModel]) -> str:
     lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
     nested = []
     for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
-            nested.append((f"{title}.{name}", annotation))
+        table = _table_model(info.annotation)
+        if table is not None:
+            nested.append((f"{title}.{name}", table))
+            optional = table is not info.annotation
             lines.append(
-                f"| `{name}` | table | | | see `[{title}.{name}]`: "
-                f"{_first_paragraph(annotation.__doc__)} |"
+                f"| `{name}` | table{' or none' if optional else ''} | "
+                f"{'unset' if optional else ''} | | see `[{title}.{name}]`: "
+                f"{_first_paragraph(table.__doc__)} |"
             )
             continue
         desc = (info.description or "").replace("|", "\\|")
         lines.append(
-            f"| `{name}` | {_type_name(annotation)} | {_default(info)} | "
+            f"| `{name}` | {_type_name(info.annotation)} | {_default(info)} | "
             f"{_constraints(info)} | {desc} |"
         )
     out = "\n".join(lines) + "\n"
