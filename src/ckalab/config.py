@@ -70,15 +70,57 @@ class DataConfig(_Section):
     tracked; the default 10,000 is the whole split for an MNIST digit pair.
     """
 
-    dataset: str = "digits"
-    classes: tuple[int, ...] | None = None
-    n_train: int | None = Field(default=None, ge=1)
-    n_test: int | None = Field(default=None, ge=1)
-    encoding: Encoding = "one_hot"
-    flatten: bool | None = None
-    standardize: bool = False
-    probe_size: int = Field(default=10_000, ge=4)
-    data_dir: str | None = None
+    dataset: str = Field(
+        default="digits",
+        description=(
+            "dataset name (`ckalab datasets` lists them): mnist, fashion-mnist, cifar10, "
+            "mnist-5k, digits"
+        ),
+    )
+    classes: tuple[int, ...] | None = Field(
+        default=None,
+        description=(
+            "class subset in order, e.g. [4, 9]: class i gets target i (one-hot) or "
+            "-1/+1 (signed); unset: all classes"
+        ),
+    )
+    n_train: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "training examples, a stratified subsample (unset: the whole split of those classes)"
+        ),
+    )
+    n_test: int | None = Field(
+        default=None,
+        ge=1,
+        description="test examples, a stratified subsample (unset: the whole split)",
+    )
+    encoding: Encoding = Field(
+        default="one_hot",
+        description=(
+            "targets: one-hot rows, signed (+-1, two classes) or class index (cross-entropy)"
+        ),
+    )
+    flatten: bool | None = Field(
+        default=None,
+        description=(
+            "flatten images to vectors (unset: flat for the MLP, images for the CNN and ResNet)"
+        ),
+    )
+    standardize: bool = Field(
+        default=False,
+        description="standardize each input feature with the training split's mean and std",
+    )
+    probe_size: int = Field(
+        default=10_000,
+        ge=4,
+        description="examples per split (class-balanced) on which CKA is measured",
+    )
+    data_dir: str | None = Field(
+        default=None,
+        description="data folder (unset: $CKALAB_DATA or the user cache); not part of the run id",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -125,8 +167,16 @@ class ModelConfig(_Section):
     ``skip`` and ``batch_norm`` apply to convolutional models; ``bias`` to the MLP.
     """
 
-    arch: Arch = "mlp"
-    depth: int = Field(default=1, ge=1)
+    arch: Arch = Field(
+        default="mlp", description="architecture: MLP, small CNN or CIFAR-style ResNet"
+    )
+    depth: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "hidden layers (mlp), convolutional blocks (cnn) or basic blocks per stage (resnet)"
+        ),
+    )
     width: int = Field(
         default=None,  # type: ignore[assignment]  # always filled by _default_width
         ge=1,
@@ -135,10 +185,14 @@ class ModelConfig(_Section):
             + ", ".join(f"{a} {w}" for a, w in DEFAULT_WIDTH.items())
         ),
     )
-    activation: Activation = "relu"
-    bias: bool = True
-    batch_norm: bool = True
-    skip: bool = True
+    activation: Activation = Field(
+        default="relu", description="the nonlinearity of every hidden layer"
+    )
+    bias: bool = Field(default=True, description="biases in the MLP's layers")
+    batch_norm: bool = Field(default=True, description="BatchNorm in convolutional models")
+    skip: bool = Field(
+        default=True, description="ResNet shortcut connections (false: a plain deep CNN)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -163,19 +217,36 @@ class OptimConfig(_Section):
     post-warmup steps done.
     """
 
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(default=0.01, gt=0)
-    readout_lr: float | None = Field(default=None, gt=0)
-    momentum: float = Field(default=0.0, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
-    schedule: Literal["none", "step", "cosine"] = "none"
-    warmup_steps: int = Field(default=0, ge=0)
-    step_epochs: int = Field(default=30, ge=1)
-    gamma: float = Field(default=0.1, gt=0, le=1)
-    min_lr_factor: float = Field(default=0.0, ge=0, le=1)
+    optimizer: Literal["sgd", "adam"] = Field(
+        default="sgd", description="SGD (with momentum, nesterov, weight decay) or Adam"
+    )
+    lr: float = Field(
+        default=0.01, gt=0, description="learning rate of the hidden layers (the features group)"
+    )
+    readout_lr: float | None = Field(
+        default=None, gt=0, description="learning rate of the readout layer (unset: lr)"
+    )
+    momentum: float = Field(default=0.0, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(default=False, description="Nesterov momentum (SGD with momentum > 0)")
+    weight_decay: float = Field(default=0.0, ge=0, description="L2 weight decay")
+    betas: tuple[float, float] = Field(
+        default=(0.9, 0.999), description="Adam's moment decay rates"
+    )
+    eps: float = Field(default=1e-8, gt=0, description="Adam's epsilon")
+    schedule: Literal["none", "step", "cosine"] = Field(
+        default="none", description="learning-rate schedule after warmup"
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="linear warmup over this many steps")
+    step_epochs: int = Field(
+        default=30, ge=1, description="'step' schedule: multiply by gamma every this many epochs"
+    )
+    gamma: float = Field(default=0.1, gt=0, le=1, description="'step' schedule: the factor")
+    min_lr_factor: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="'cosine' schedule: the final fraction of the learning rate",
+    )
 
     @field_validator("betas")
     @classmethod
@@ -205,14 +276,32 @@ class TrainConfig(_Section):
     CUDA when available.
     """
 
-    loss: Literal["mse", "cross_entropy"] = "mse"
-    batch_size: int = Field(default=128, ge=1)
-    epochs: int = Field(default=10, ge=1)
-    steps: int | None = Field(default=None, ge=1)
-    drop_last: bool = False
-    augment: bool = False
-    seed: int = Field(default=0, ge=0)
-    device: str = "auto"
+    loss: Literal["mse", "cross_entropy"] = Field(
+        default="mse", description="MSE on the target encoding, or softmax cross-entropy"
+    )
+    batch_size: int = Field(default=128, ge=1, description="examples per step")
+    epochs: int = Field(
+        default=10, ge=1, description="passes over the training split (unless steps is set)"
+    )
+    steps: int | None = Field(default=None, ge=1, description="updates in total (overrides epochs)")
+    drop_last: bool = Field(
+        default=False, description="drop the last incomplete batch of each epoch"
+    )
+    augment: bool = Field(
+        default=False,
+        description="the dataset's standard augmentation (translations; crop + flip for CIFAR-10)",
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="seed of every random stream of the run (weights, batches, subsets, probes)",
+    )
+    device: str = Field(
+        default="auto",
+        description=(
+            "'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps'; not part of the run id"
+        ),
+    )
 
     @field_validator("device")
     @classmethod
@@ -232,11 +321,22 @@ class NTKTrackingConfig(_Section):
     is costly). ``memory_budget``: bytes of working memory for one NTK computation.
     """
 
-    schedule: Literal["epochs", "steps", "geometric", "final"] = "geometric"
-    every: int = Field(default=1, ge=1)
-    ratio: float = Field(default=2.0, gt=1)
-    probe_size: int = Field(default=256, ge=4, le=2048)
-    memory_budget: int = Field(default=1 << 30, ge=1 << 20)
+    schedule: Literal["epochs", "steps", "geometric", "final"] = Field(
+        default="geometric", description="when to measure the NTK (costly: geometric by default)"
+    )
+    every: int = Field(default=1, ge=1, description="'epochs' / 'steps' schedules: the stride")
+    ratio: float = Field(
+        default=2.0, gt=1, description="'geometric' schedule: the ratio between measurement steps"
+    )
+    probe_size: int = Field(
+        default=256,
+        ge=4,
+        le=2048,
+        description="examples (class-balanced, from the training probe set)",
+    )
+    memory_budget: int = Field(
+        default=1 << 30, ge=1 << 20, description="bytes the Jacobian blocks may take at once"
+    )
 
 
 class TrackingConfig(_Section):
@@ -254,24 +354,54 @@ class TrackingConfig(_Section):
     empirical-NTK tracking on its own schedule (:class:`NTKTrackingConfig`; none by default).
     """
 
-    schedule: Literal["epochs", "steps", "geometric", "final", "none"] = "epochs"
-    every: int = Field(default=1, ge=1)
-    ratio: float = Field(default=2.0, gt=1)
-    cka: bool = True
-    batch_cka: bool = False
-    layers: tuple[str, ...] | None = None
-    spatial: Literal["flatten", "mean"] = "flatten"
-    eval_batch_size: int = Field(default=2048, ge=1)
-    ntk: NTKTrackingConfig | None = None
+    schedule: Literal["epochs", "steps", "geometric", "final", "none"] = Field(
+        default="epochs",
+        description=(
+            "when to evaluate: every k epochs or steps, geometric steps, initialization "
+            "and end only, or never"
+        ),
+    )
+    every: int = Field(default=1, ge=1, description="'epochs' / 'steps' schedules: the stride")
+    ratio: float = Field(
+        default=2.0, gt=1, description="'geometric' schedule: the ratio between evaluation steps"
+    )
+    cka: bool = Field(
+        default=True, description="measure per-layer CKA (off: loss and accuracy only)"
+    )
+    batch_cka: bool = Field(
+        default=False,
+        description=(
+            "also the per-batch CKA of the last hidden layer at every step, averaged per epoch"
+        ),
+    )
+    layers: tuple[str, ...] | None = Field(
+        default=None, description="probe layers to track (unset: all)"
+    )
+    spatial: Literal["flatten", "mean"] = Field(
+        default="flatten",
+        description="convolutional maps flattened (C*H*W features) or averaged over space (C)",
+    )
+    eval_batch_size: int = Field(
+        default=2048,
+        ge=1,
+        description="rows per evaluation forward pass (memory only; not part of the run id)",
+    )
+    ntk: NTKTrackingConfig | None = Field(
+        default=None, description="empirical-NTK tracking (unset: off)"
+    )
 
 
 class CheckpointConfig(_Section):
     """Optional checkpoints: ``dir`` (none: no checkpoints), every ``every_epochs`` epochs and at
     the end; ``resume``: continue automatically from ``dir``'s checkpoint when one exists."""
 
-    dir: str | None = None
-    every_epochs: int = Field(default=1, ge=1)
-    resume: bool = True
+    dir: str | None = Field(default=None, description="checkpoint folder (unset: no checkpoints)")
+    every_epochs: int = Field(
+        default=1, ge=1, description="write a checkpoint every this many epochs (and at the end)"
+    )
+    resume: bool = Field(
+        default=True, description="resume from the folder's checkpoint when one exists"
+    )
 
 
 class RunConfig(_Section):
