@@ -24,7 +24,7 @@ from ckalab.alignment.checks import (
 )
 from ckalab.alignment.degenerate import _constant_from_energies
 from ckalab.alignment.linear import LinearGramStats
-from ckalab.alignment.products import _STREAM_ROWS, _blocks, _panels, _row_norms_sq
+from ckalab.alignment.products import _NARROW, _STREAM_ROWS, _blocks, _panels, _row_norms_sq
 
 
 def _offsets(sizes: Sequence[int]) -> list[slice]:
@@ -273,7 +273,8 @@ class LinearCKAAccumulator:
         gives its column sum, ``sum a_w w``, ``sum a_other w`` (into ``_norm_y_b`` on the x
         side, ``_norm_x_e`` on the y side) and its cross products with the narrower
         representations (into ``_cross``). "Narrower" means no more columns on the x side and
-        fewer on the y side, so each cross product is computed once."""
+        fewer on the y side, so each cross product is computed once. A narrow ``w``
+        (``_NARROW`` columns or fewer) is multiplied in float64."""
         ones = a_own.new_ones(1, a_own.shape[1])
         norm_acc = self._norm_y_b if x_side else self._norm_x_e
         for k, w in enumerate(own):
@@ -287,6 +288,8 @@ class LinearCKAAccumulator:
                 + [others[r] for r in narrow],
                 1,
             )
+            if w.shape[1] <= _NARROW:  # targets: float64 products (see products._NARROW)
+                z, w = z.double(), w.double()
             g = (z.T @ w).double()
             cols = side.cols[k]
             side.total[cols] += g[0]
