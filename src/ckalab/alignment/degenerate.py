@@ -55,15 +55,26 @@ def constant_tolerance(n: int, dtype: torch.dtype) -> float:
     return (_MARGIN_ULPS + math.log2(max(n, 2))) * eps
 
 
-def constant_columns(centered: Tensor, mean: Tensor, dtype: torch.dtype) -> Tensor:
+def constant_columns(
+    centered: Tensor, mean: Tensor, dtype: torch.dtype, energy: Tensor | None = None
+) -> Tensor:
     """Whether every column of a centered ``(n, p)`` representation is constant (0-dim bool).
 
     ``centered`` is ``x - mean`` as computed, ``mean`` the ``(1, p)`` (or ``(p,)``) column means
-    that were subtracted, ``dtype`` the compute precision. See the module docstring.
+    that were subtracted, ``dtype`` the compute precision; ``energy``, if known, is
+    ``||centered||_F^2`` (float64). See the module docstring. If the whole representation has
+    more than ``rho^2`` of its squared norm after centering, some column does, and the column
+    pass is skipped (one host synchronization).
     """
     n = centered.shape[0]
+    m = mean.detach().reshape(-1).double()
+    if energy is None:
+        energy = torch.linalg.vector_norm(centered.detach()).double().square()
+    rho = constant_tolerance(n, dtype)
+    if bool(energy.detach() > rho * rho * (energy.detach() + n * m.square().sum())):
+        return torch.zeros((), dtype=torch.bool, device=centered.device)
     s = torch.linalg.vector_norm(centered.detach(), dim=0).double().square()
-    return _constant_from_energies(s, mean.detach().reshape(-1).double(), n, dtype)
+    return _constant_from_energies(s, m, n, dtype)
 
 
 def _constant_from_energies(s: Tensor, mean: Tensor, n: int, dtype: torch.dtype) -> Tensor:

@@ -188,7 +188,10 @@ def _linear_stats(
     dtype = _compute_dtype(*mats)
     centered_means = [_center(nm, t, dtype) for nm, t in named]
     centered = [c for c, _ in centered_means]
-    constant = torch.stack([constant_columns(c, m, dtype) for c, m in centered_means])
+    diags = torch.stack([_row_norms_sq(t) for t in centered])  # diag(K) (m, n)
+    energies = diags.sum(1)  # ||Xc||_F^2
+    pairs = zip(centered_means, energies, strict=True)
+    constant = torch.stack([constant_columns(c, m, dtype, e) for (c, m), e in pairs])
     nx = len(xs_list)
     cx = centered[:nx]
     cy = cx if symmetric else centered[nx:]
@@ -197,8 +200,8 @@ def _linear_stats(
     ps = [t.shape[1] for t in cx]
     qs = [t.shape[1] for t in cy]
 
-    diag_x = torch.stack([_row_norms_sq(t) for t in cx])
-    diag_y = diag_x if symmetric else torch.stack([_row_norms_sq(t) for t in cy])
+    diag_x = diags[:nx]
+    diag_y = diag_x if symmetric else diags[nx:]
 
     n_reps = len(cx) if symmetric else len(cx) + len(cy)
     gram_bytes = n_reps * n * n * 4
