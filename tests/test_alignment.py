@@ -57,6 +57,7 @@ def naive_rbf(x: torch.Tensor, sigma: float) -> np.ndarray:
     d2 = ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
     iu = np.triu_indices(a.shape[0], k=1)
     dists = d2[iu]
+    dists = dists[dists > 0]  # the bandwidth comes from the nonzero distances
     # torch.median returns the lower of the two middle values for an even count.
     med = np.sort(dists)[(len(dists) - 1) // 2]
     return np.exp(-d2 / (2.0 * sigma**2 * med))
