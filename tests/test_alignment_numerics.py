@@ -32,18 +32,19 @@ def _float32_error(x: torch.Tensor, y: torch.Tensor, debiased: bool) -> float:
 
 @pytest.mark.parametrize(("n", "p"), [(50, 300), (1000, 100), (200, 1000)])
 def test_float32_within_bound_reported_sizes(n, p):
-    """The reported case (n = 50, p = 300: 1.4e-6 debiased before) and both routes."""
-    for seed in range(3):
+    """The reported case (n = 50, p = 300: 1.4e-6 debiased before) and both routes (before:
+    up to 4e-6 at n = 1000, from float32 sums over the repeated values of one-hot targets)."""
+    for seed in range(2):
         x, y = relu_features(n, p, seed)
         for debiased in (False, True):
             assert _float32_error(x, y, debiased) < FLOAT32_BOUND, (seed, debiased)
 
 
 @pytest.mark.slow
-@settings(max_examples=60)
+@settings(max_examples=30)
 @given(
-    st.integers(10, 600),
-    st.integers(1, 700),
+    st.integers(10, 300),
+    st.integers(1, 400),
     st.integers(0, 2**31 - 1),
     st.sampled_from([0.0, 1.0, 1e3]),
     st.booleans(),

@@ -40,8 +40,12 @@ Inputs are centered before any product (this removes the float32 cancellation of
 ``X^T X - n mu mu^T``), matrix products run in the input's precision (float32 for float32,
 bfloat16 and float16 inputs; float64 for float64) over bounded chunks, and every reduction is
 accumulated in float64. Results are 0-dim (or matrix) float64 tensors on the input's device.
-Float32 inputs give values within 1e-5 of float64 (typically below 1e-6; see the tests of
-``tests/test_alignment_numerics.py`` for the measured bound).
+Representations of at most 64 columns (targets) form their self-products in float64, and
+packed Gram matrices are multiplied from exact float64 products, because the repeated values of
+class targets make float32 sums round systematically. Float32 inputs then give values within
+1e-6 of float64 for n >= 10 (random ReLU features against one-hot targets, both estimators:
+``tests/test_alignment_numerics.py``); the debiased estimator at a handful of rows (the
+minibatch estimator on batches of ~10) is less well conditioned.
 """
 
 from __future__ import annotations
