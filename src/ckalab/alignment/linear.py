@@ -48,6 +48,7 @@ from ckalab.alignment.products import (
     _inner_products,
     _packed_grams,
     _row_norms_sq,
+    _squared_norms,
     _sym_frobenius_sq,
 )
 
@@ -216,10 +217,11 @@ def _linear_stats(
         cross = _inner_products(packed_x, packed_y)
         if symmetric:
             cross = 0.5 * (cross + cross.T)
-            self_x = self_y = torch.diagonal(cross).clone()
+            self_x = self_y = _squared_norms(packed_x)
+            cross = cross - torch.diag(cross.diagonal()) + torch.diag(self_x)
         else:
-            self_x = _inner_products(packed_x, packed_x).diagonal().clone()
-            self_y = _inner_products(packed_y, packed_y).diagonal().clone()
+            self_x = _squared_norms(packed_x)
+            self_y = _squared_norms(packed_y)
     else:
         self_x = torch.stack([_sym_frobenius_sq(t) for t in cx])
         self_y = self_x if symmetric else torch.stack([_sym_frobenius_sq(t) for t in cy])
