@@ -135,3 +135,31 @@ def test_non_finite_targets_are_not_hidden() -> None:
     evaluator = Evaluator([s], loss="mse", layers=("good",), batch_size=16)
     with pytest.raises(ValueError, match=r"ys\[0\] contains 1 NaN"):
         evaluator(_Handmade(), 0, 0.0)
+
+
+class _Constant(nn.Module):
+    """Constant layers (every row 0.1) narrower and wider than the probe set, and a live one."""
+
+    probe_layers = ("live", "narrow", "wide")
+
+    def forward_with_probes(self, x, layers, *, spatial="flatten"):
+        n = x.shape[0]
+        probes = {
+            "live": x[:, :3],
+            "narrow": torch.full((n, 4), 0.1, dtype=x.dtype),
+            "wide": torch.full((n, 80), 1e3 + 0.1, dtype=x.dtype),
+        }
+        return x[:, :2], {name: probes[name] for name in layers}
+
+
+def test_constant_layers_give_nan_on_both_routes() -> None:
+    """Width 4 < n = 60 streams (accumulator), width 80 >= n is collected (n x n route)."""
+    x, y, labels = _data(60, 5, torch.float32, 6)
+    s = EvalSet("train", x, y, labels, None, y)
+    evaluator = Evaluator([s], loss="mse", layers=_Constant.probe_layers, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _evaluated(evaluator, _Constant(), "train")
+    for metric in ("cka", "cka_debiased"):
+        assert math.isfinite(got[metric, "live"])
+        assert math.isnan(got[metric, "narrow"]) and math.isnan(got[metric, "wide"]), metric

@@ -63,28 +63,15 @@ MIN_STD = 0.05
 # --------------------------------------------------------------------------- encodings
 
 
-def _check_labels(labels: Tensor, num_classes: int | None = None) -> None:
-    if not isinstance(labels, Tensor) or labels.ndim != 1:
-        raise ValueError("labels must be a 1-D integer tensor")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if num_classes is not None and labels.numel():
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {lo}..{hi}")
-
-
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
     """One-hot targets: float32 ``(n, num_classes)`` with a 1 in column ``labels[i]``."""
     if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    _check_labels(labels, int(num_classes))
     return alignment.one_hot(labels, int(num_classes))
 
 
 def signed(labels: Tensor) -> Tensor:
     """Signed targets for two classes: float32 ``(n, 1)``, ``-1`` for label 0, ``+1`` for 1."""
-    _check_labels(labels, 2)
     return alignment.signed_targets(labels)
 
 
@@ -100,8 +87,7 @@ def encode(labels: Tensor, encoding: str, num_classes: int) -> Tensor:
             )
         return signed(labels)
     if encoding == "index":
-        _check_labels(labels, num_classes)
-        return labels.to(torch.int64).clone()
+        return alignment.check_labels(labels, num_classes).clone()
     raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
 
 
