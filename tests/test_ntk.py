@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from ckalab.alignment import one_hot
 from ckalab.config import ConfigError, NTKTrackingConfig, RunConfig
 from ckalab.data import Split
 from ckalab.models import CNN, MLP, ResNet
@@ -255,7 +256,7 @@ def test_batchnorm_model_state_is_untouched(method: str) -> None:
 
 def test_alignment_of_the_target_kernel_is_one() -> None:
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 2, 0])
-    y = nn.functional.one_hot(labels, 3).double()
+    y = one_hot(labels, 3, dtype=torch.float64)
     k = target_kernel(y)
     assert float(ntk_alignment(k, y)) == pytest.approx(1.0)
     assert float(ntk_alignment(3.0 * k, y, centered=False)) == pytest.approx(1.0)
@@ -384,7 +385,7 @@ def test_balanced_subset_takes_the_first_of_each_class() -> None:
 
 def test_tracker_alone() -> None:
     model, x = tiny_mlp()
-    y = nn.functional.one_hot(torch.arange(9) % 3, 3).double()
+    y = one_hot(torch.arange(9) % 3, 3, dtype=torch.float64)
     tracker = NTKTracker(x, y, [0, 5])
     assert tracker.due(0) and not tracker.due(1)
     first = tracker(model, 0, 0.0)
