@@ -13,6 +13,13 @@ rows, study file, header) and writes
 
 A partial or empty store gives a report of what exists and says what is missing; a figure that
 cannot be drawn is replaced by a note (the error is shown on the page, never raised).
+
+The figures: training curves (per facet), NTK alignment and kernel movement beside CKA (when the
+store has NTK rows), the task map (class pairs), layer-wise CKA at the end and over time (two or
+more probe layers), final CKA against accuracy, the correlation heatmap, and the layer x layer
+CKA matrices of the best- and worst-aligned runs (:mod:`ckalab.report.layer_matrix`, when
+weights were kept and the dataset is here). They are independent and drawn in
+:func:`default_workers` forked processes (2 on Linux with 2+ cores).
 """
 
 from __future__ import annotations
