@@ -9,8 +9,8 @@ time measures the contention, the CPU time what the report costs.
 
     python benchmarks/bench_report.py [--runs 135] [--evaluations 513] [--repeats 3] [--workers N]
 
-The figures are drawn in ``--workers`` forked processes (default: the report's default, 2 on a
-machine with 2+ cores; ``--workers 1`` draws them in the report's process). The per-figure
+The figures are drawn in ``--workers`` forked processes (default: the report's default, 1: in
+the report's process; CPU time includes the workers'). The per-figure
 seconds are each figure's own wall time inside its worker.
 """
 
@@ -85,7 +85,7 @@ def main() -> int:
         print(
             f"cpus: {os.cpu_count()}, load average (1 min) before: {load_before:.1f}, "
             f"after: {os.getloadavg()[0]:.1f}; figure workers: "
-            f"{env.get('CKALAB_REPORT_WORKERS', 'default')}"
+            f"{env.get('CKALAB_REPORT_WORKERS', 'default (1)')}"
         )
         print(f"{'step':<20} {'seconds':>8}")
         print(f"{'imports':<20} {result['imports']:8.2f}")
