@@ -190,18 +190,45 @@ def _check_report(out: Path, result, min_figures: int = 1) -> str:  # type: igno
     return page
 
 
-def test_report_of_the_classic_study_shape(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_report_of_the_classic_study_shape(tmp_path: Path, workers: int) -> None:
     out = write_synthetic_store(
-        tmp_path / "s", runs=18, evaluations=12, pairs=[(0, 1), (4, 9), (3, 5)], lrs=[0.01, 0.1, 1]
+        tmp_path / "s",
+        runs=18,
+        evaluations=12,
+        pairs=[(0, 1), (4, 9), (3, 5)],
+        lrs=[0.01, 0.1, 1],
+        ntk=True,
     )
-    result = build_report(out, n_boot=200)
+    result = build_report(out, n_boot=200, workers=workers)
     page = _check_report(out, result, min_figures=5)
     names = {p.name for p in result.figures}
-    for stem in ("curves", "task_map", "layerwise", "layer_time", "cka_vs_accuracy"):
+    for stem in ("curves", "ntk", "task_map", "cka_vs_accuracy", "correlations"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
+    # one probe layer: no layer-wise figures, a note instead; no weights kept: no layer matrix
+    assert not {"layerwise.png", "layer_time.png", "layer_matrix.png"} & names
+    assert "the study tracks one probe layer" in page
+    assert "no finished run kept its weights" in page
     assert "Main findings" in page and "Study configuration" in page
     assert "random features of the same width" in page
     assert "learning rate (log10)" in page
+    # the readout has its own rate: the colors say which learning rate they show
+    assert "hidden learning rate (optim.lr)" in page
+    assert set(result.timings) >= {"load", "curves", "ntk", "task_map", "html"}
+
+
+def test_report_modules_load_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ckalab.data.registry, ckalab.report.html\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "from ckalab.data import make_task, DATASETS, DataError\n"
+        "import ckalab.data as d\n"
+        "assert all(hasattr(d, n) for n in d.__all__)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _frames(tmp_path: Path, **kw) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:  # type: ignore[no-untyped-def]
@@ -259,6 +286,9 @@ def test_report_of_unexpected_studies(tmp_path: Path, case: str) -> None:
         assert "Excluded (did not learn, 2)" in page
     if case in ("one_task", "one_run"):
         assert "task_map.png" not in {p.name for p in result.figures}
+    assert "ntk.png" not in {p.name for p in result.figures}  # no NTK rows in these stores
+    if case == "deep_geometric_seeds":
+        assert {"layerwise.png", "layer_time.png"} <= {p.name for p in result.figures}
 
 
 def test_report_of_partial_and_missing_stores(tmp_path: Path) -> None:
@@ -295,3 +325,93 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "report.html" in capsys.readouterr().out
     assert (path / "figures" / "curves.svg").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+# ---- layer x layer CKA from kept weights (a tiny real study) ------------------------------------
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+workers = 1
+
+[data]
+dataset = "digits"
+
+[model]
+arch = "mlp"
+depth = 2
+width = 16
+
+[optim]
+readout_lr = 0.1
+
+[train]
+loss = "mse"
+batch_size = 64
+epochs = 1
+
+[tracking]
+schedule = "epochs"
+every = 1
+
+[sweep]
+"optim.lr" = [0.01, 0.5]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ckalab.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.toml").write_text(TINY_STUDY)
+    assert main(["run", str(root / "tiny.toml"), "--out", str(root / "out"), "--no-report"]) == 0
+    return root / "out"
+
+
+def test_layer_matrix_of_kept_weights(tiny_study: Path) -> None:
+    from ckalab.report.html import load_study
+    from ckalab.report.layer_matrix import choose_runs, layer_matrix
+
+    study = load_study(tiny_study)
+    ids = choose_runs(study)
+    assert len(ids) == 2
+    by_id = study.runs.set_index("run_id")
+    cka_last = by_id.loc[ids, final_column("test", "cka", last=True)].to_numpy()
+    assert cka_last[0] >= cka_last[1]  # best first
+    for rid, final in zip(ids, cka_last, strict=True):
+        names, mat, n = layer_matrix(
+            by_id.loc[rid, "config"], tiny_study / "weights" / f"{rid}.safetensors"
+        )
+        assert names == ["input", "hidden1", "hidden2", "output", "targets"]
+        assert n == 359  # the digits test split of the task, whole (under the 1,000 cap)
+        np.testing.assert_allclose(np.diag(mat), 1.0, atol=1e-12)
+        np.testing.assert_allclose(mat, mat.T, atol=1e-12)
+        assert ((mat >= 0) & (mat <= 1 + 1e-12)).all()
+        # the rebuilt network on the same probe set gives the CKA that training recorded
+        assert mat[names.index("hidden2"), -1] == pytest.approx(final, abs=1e-5)
+
+    result = build_report(tiny_study, n_boot=50, formats=("png",))
+    page = _check_report(tiny_study, result)
+    assert "layer_matrix.png" in {p.name for p in result.figures}
+    assert "Layer x layer CKA of chosen runs" in page
+
+
+def test_layer_matrix_skipped_without_weights_or_data(tiny_study: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from ckalab.report.html import load_study
+    from ckalab.report.layer_matrix import layer_matrix_figure
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_study, copy, ignore=shutil.ignore_patterns("figures", "tables", "*.html"))
+    study = load_study(copy)
+    study.runs["config"] = [
+        json.dumps({**json.loads(c), "data": {"dataset": "cifar10"}}) for c in study.runs["config"]
+    ]
+    note = layer_matrix_figure(study)
+    assert isinstance(note, str) and "cifar10" in note and "not available" in note
+    shutil.rmtree(copy / "weights")
+    page = _check_report(copy, build_report(copy, n_boot=50, formats=("png",)))
+    assert "no finished run kept its weights" in page

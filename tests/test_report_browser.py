@@ -81,7 +81,12 @@ def _attr(dom: str, name: str) -> str:
 
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     store = write_synthetic_store(
-        tmp_path / "study", runs=12, evaluations=10, pairs=[(0, 1), (4, 9), (3, 5), (2, 7)]
+        tmp_path / "study",
+        runs=12,
+        evaluations=10,
+        pairs=[(0, 1), (4, 9), (3, 5), (2, 7)],
+        layers=("hidden1", "hidden2"),
+        ntk=True,
     )
     result = build_report(store, n_boot=100)
     assert result.failures == {}

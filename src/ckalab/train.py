@@ -38,12 +38,13 @@ from torch import Tensor
 
 from ckalab.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from ckalab.config import ConfigError, RunConfig, config_diff, parse_run_config
-from ckalab.data import BatchStream, DataError, Split, Task, default_augmentation, make_task
+from ckalab.data import BatchStream, Split, Task, default_augmentation
 from ckalab.metrics import MetricRow, rows_from_columns, rows_to_columns, summaries_from_rows
-from ckalab.models import ProbedModel, build_model
+from ckalab.models import ProbedModel
 from ckalab.ntk import NTKTracker, build_ntk_tracker
 from ckalab.objective import compute_loss
 from ckalab.optim import build_optimizer, lr_factor, set_learning_rates
+from ckalab.runs import build_run_model, load_task
 from ckalab.seeds import Stream, torch_generator
 from ckalab.tracking import (
     BatchCKAMeter,
@@ -166,29 +167,6 @@ class _Setup:
     ntk: NTKTracker | None = None
 
 
-def _load_task(config: RunConfig, device: torch.device) -> Task:
-    d = config.data
-    flatten = d.flatten if d.flatten is not None else config.model.arch == "mlp"
-    try:
-        return make_task(
-            d.dataset,
-            d.classes,
-            n_train=d.n_train,
-            n_test=d.n_test,
-            encoding=d.encoding,
-            flatten=flatten,
-            standardize=d.standardize,
-            probe_size=d.probe_size,
-            seed=config.train.seed,
-            data_dir=d.data_dir,
-            device=device,
-        )
-    except DataError:  # a broken or missing file: the data, not the configuration
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"data: {exc}") from exc
-
-
 def _check_against_data(config: RunConfig, n_train: int) -> None:
     bs = config.train.batch_size
     if bs > n_train:
@@ -229,16 +207,10 @@ def _eval_set(split_name: str, split: Split, probe: Split, num_classes: int) -> 
 
 def _setup(config: RunConfig, task: Task | None = None) -> _Setup:
     device = resolve_device(config.train.device)
-    task = _load_task(config, device) if task is None else task.to(device)
+    task = load_task(config, device) if task is None else task.to(device)
     _check_against_data(config, len(task.train))
     k = task.num_classes
-    num_outputs = k if config.train.loss == "cross_entropy" else int(task.train.y.shape[1])
-    init_gen = torch_generator(config.train.seed, Stream.WEIGHTS)
-    try:
-        model = build_model(config.model, task.input_shape, num_outputs, generator=init_gen)
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc}") from exc
-    model = model.to(device)
+    model = build_run_model(config, task).to(device)
     layers = _tracked_layers(config, model)
     generator = torch_generator(config.train.seed, Stream.BATCHES)
     augment = default_augmentation(config.data.dataset) if config.train.augment else None

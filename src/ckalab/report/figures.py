@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from ckalab.report.results import (
     FACET,
@@ -45,6 +46,7 @@ __all__ = [
     "correlation_heatmap",
     "layer_time",
     "layerwise",
+    "ntk_curves",
     "select_tasks",
     "task_map",
     "training_curves",
@@ -77,6 +79,8 @@ SPLIT_STYLE = {"train": "-", "test": "--"}
 BAD_MARKER = {"diverged": "X", "did not learn": "o"}
 
 MAX_TASKS = 6
+#: Tick steps of linear axes (no 0.08, 0.16, ... ticks).
+TICK_STEPS = (1, 2, 2.5, 5, 10)
 MAX_PANELS = 6
 
 
@@ -273,6 +277,60 @@ def curve_rows(study: Study) -> pd.DataFrame:
     return rows
 
 
+def _bad_runs(
+    axes: np.ndarray,
+    bad: pd.DataFrame,
+    row_of: dict[str, int],
+    panels: dict[str, int],
+    color_of: dict[str, Any],
+    log_x: bool,
+    x0: float,
+) -> None:
+    """The single runs that diverged or did not learn: one thin line each up to where they
+    stopped, ending in a marker (cross: diverged, hollow circle: did not learn). Drawn as one
+    line collection and one scatter per panel and state (not one artist per run)."""
+    from matplotlib.collections import LineCollection
+
+    if bad.empty:
+        return
+    lines: dict[tuple[int, int], tuple[list, list, list]] = {}
+    ends: dict[tuple[int, int, str], tuple[list, list, list]] = {}
+    bad = bad.sort_values(["run_id", "split", "metric", "step"], kind="stable")
+    for (task, _rid, split, metric), g in bad.groupby(
+        [TASK, "run_id", "split", "metric"], sort=False
+    ):
+        key = (row_of[task], panels[metric])
+        x = _x(g["epoch"].to_numpy(), log_x, x0)
+        y = g["value"].to_numpy(dtype=float)
+        col = color_of.get(g[HUE].iloc[0], "0.3")
+        segs, cols, styles = lines.setdefault(key, ([], [], []))
+        segs.append(np.column_stack([x, y]))
+        cols.append(col)
+        styles.append("--" if split == "test" else "-")
+        ex, ey, ec = ends.setdefault((*key, g[STATE].iloc[0]), ([], [], []))
+        ex.append(x[-1])
+        ey.append(y[-1])
+        ec.append(col)
+    for (i, j), (segs, cols, styles) in lines.items():
+        axes[i, j].add_collection(
+            LineCollection(segs, colors=cols, linestyles=styles, linewidths=0.8, alpha=0.8),
+            autolim=True,
+        )
+        axes[i, j].autoscale_view()
+    for (i, j, state), (ex, ey, ec) in ends.items():
+        diverged = state == "diverged"
+        axes[i, j].scatter(
+            ex,
+            ey,
+            s=49,
+            marker=BAD_MARKER[state],
+            c=ec if diverged else "none",
+            edgecolors="0.1" if diverged else ec,
+            linewidths=0.8 if diverged else 1.4,
+            zorder=5,
+        )
+
+
 def training_curves(
     study: Study, facet: str | None = None, rows: pd.DataFrame | None = None
 ) -> Drawn | None:
@@ -301,6 +359,8 @@ def training_curves(
         sharex=True,
     )
     x0 = _x0(study, rows)
+    row_of = {t: i for i, t in enumerate(tasks)}
+    rows = rows[rows[TASK].isin(row_of)]
     good = rows[rows[STATE] == "done"]
     agg = (
         good.groupby([TASK, HUE, "split", "metric", "step"], sort=True)
@@ -315,36 +375,18 @@ def training_curves(
     bad = rows[rows[STATE].isin(["diverged", "did not learn"])]
     panels = {"loss": 0, "acc": 1, "cka": 2}
     color_of = {_hue_key(v): study.colors(v) for v in study.colors.values}
+    for (task, hue, split, metric), g in agg.groupby([TASK, HUE, "split", "metric"], sort=False):
+        ax = axes[row_of[task], panels[metric]]
+        x = _x(g["epoch"].to_numpy(), study.log_x, x0)
+        col = color_of.get(hue, "0.3")
+        ax.plot(x, g["mean"].to_numpy(), color=col, ls=SPLIT_STYLE.get(split, "-"))
+        lo, hi = g["lo"].to_numpy(), g["hi"].to_numpy()
+        if (hi > lo).any():
+            ax.fill_between(x, lo, hi, color=col, alpha=0.15, lw=0, rasterized=True)
+    _bad_runs(axes, bad, row_of, panels, color_of, study.log_x, x0)
+    log_loss = bool((rows.loc[rows["metric"] == "loss", "value"] > 0).all())
     for i, task in enumerate(tasks):
         truns = runs[runs[TASK] == task]
-        for (hue, split, metric), g in agg[agg[TASK] == task].groupby([HUE, "split", "metric"]):
-            ax = axes[i, panels[metric]]
-            x = _x(g["epoch"].to_numpy(), study.log_x, x0)
-            col = color_of.get(hue, "0.3")
-            ax.plot(x, g["mean"], color=col, ls=SPLIT_STYLE.get(split, "-"))
-            if (g["hi"] > g["lo"]).any():
-                ax.fill_between(x, g["lo"], g["hi"], color=col, alpha=0.15, lw=0)
-        for (_rid, split, metric), g in bad[bad[TASK] == task].groupby(
-            ["run_id", "split", "metric"]
-        ):
-            ax = axes[i, panels[metric]]
-            g = g.sort_values("step")
-            x = _x(g["epoch"].to_numpy(), study.log_x, x0)
-            col = color_of.get(g[HUE].iloc[0], "0.3")
-            ax.plot(x, g["value"], color=col, ls=SPLIT_STYLE.get(split, "-"), lw=0.8, alpha=0.8)
-            state = g[STATE].iloc[0]
-            ax.plot(
-                x[-1:],
-                g["value"].to_numpy()[-1:],
-                marker=BAD_MARKER[state],
-                ms=7,
-                color=col,
-                mfc="none" if state == "did not learn" else col,
-                mec="0.1" if state == "diverged" else col,
-                mew=0.8 if state == "diverged" else 1.4,
-                ls="",
-                zorder=5,
-            )
         # reference levels
         k = truns[K].dropna()
         if len(k):
@@ -363,11 +405,14 @@ def training_curves(
         axes[i, 1].set_ylabel("accuracy (%)")
         axes[i, 2].set_ylabel("CKA, last hidden layer")
         axes[i, 2].set_ylim(bottom=0)
-        if (rows.loc[rows["metric"] == "loss", "value"] > 0).all():
+        if log_loss:
             _log(axes[i, 0], "y")
-    for ax in axes.ravel():
-        if study.log_x:
-            _log(ax, "x")
+        for ax in axes[i, 1:]:
+            ax.yaxis.set_major_locator(MaxNLocator(5, steps=TICK_STEPS))
+    if study.log_x:
+        _log(axes[0, 0], "x")  # the x axes are shared: one locator for all
+    else:
+        axes[0, 0].xaxis.set_major_locator(MaxNLocator(6, steps=TICK_STEPS))
     for ax in axes[-1]:
         ax.set_xlabel(_xlabel(study))
     for j, t in enumerate(("loss", "accuracy", "CKA with the targets")):
@@ -400,6 +445,126 @@ def training_curves(
     )
     title = "Loss, accuracy and CKA during training" + facet_text
     return Drawn("curves", title, fig, caption)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1b. NTK alignment and kernel distance against epoch, beside CKA
+# ----------------------------------------------------------------------------------------------
+
+#: The NTK metrics drawn (whole network), with their panel titles and axis labels.
+NTK_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("ntk_alignment", "NTK-target alignment", "NTK alignment"),
+    ("ntk_distance_init", "NTK distance to step 0", "kernel distance"),
+)
+
+
+def ntk_curves(study: Study) -> Drawn | None:
+    """The empirical NTK beside CKA during training: CKA of the last hidden layer (train probe
+    set), the centered NTK-target alignment and the kernel distance to the initial NTK (whole
+    network), one panel row per task, one color per hue value (mean over the seeds of the runs
+    that learned). ``None`` when the store has no NTK rows."""
+    m = study.metrics
+    names = [n for n, _, _ in NTK_PANELS]
+    if m.empty or not m["metric"].isin(names).any():
+        return None
+    last = study.runs.set_index("run_id")[LAST]
+    done = study.runs.loc[study.runs[STATE] == "done", "run_id"]
+    sel = m["run_id"].isin(done) & (
+        (m["metric"].isin(names) & (m["layer"] == ""))
+        | ((m["metric"] == "cka") & (m["split"] == "train") & (m["layer"] == m["run_id"].map(last)))
+    )
+    rows = m.loc[sel, ["run_id", "step", "epoch", "split", "metric", "value"]]
+    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
+    if not rows["metric"].isin(names).any():
+        return None
+    info = study.runs.set_index("run_id")[[TASK, HUE]].copy()
+    info[HUE] = info[HUE].map(_hue_key)
+    rows = rows.join(info, on="run_id")
+    runs = study.runs[study.runs["run_id"].isin(rows["run_id"])]
+    tasks = select_tasks(study, runs, limit=4)
+    row_of = {t: i for i, t in enumerate(tasks)}
+    rows = rows[rows[TASK].isin(row_of)]
+    panels = {"cka": 0, **{n: j + 1 for j, (n, _, _) in enumerate(NTK_PANELS)}}
+    fig, axes = _fixed_grid(
+        11.0,
+        1.85,
+        len(tasks),
+        len(panels),
+        left=1.0,
+        right=0.15,
+        top=0.95,
+        bottom=0.85,
+        wspace=0.8,
+        hspace=0.25,
+        sharex=True,
+    )
+    x0 = _x0(study, rows)
+    agg = (
+        rows.groupby([TASK, HUE, "metric", "step"], sort=True)
+        .agg(
+            epoch=("epoch", "mean"),
+            mean=("value", "mean"),
+            lo=("value", "min"),
+            hi=("value", "max"),
+        )
+        .reset_index()
+    )
+    color_of = {_hue_key(v): study.colors(v) for v in study.colors.values}
+    for (task, hue, metric), g in agg.groupby([TASK, HUE, "metric"], sort=False):
+        ax = axes[row_of[task], panels[metric]]
+        x = _x(g["epoch"].to_numpy(), study.log_x, x0)
+        col = color_of.get(hue, "0.3")
+        ax.plot(x, g["mean"].to_numpy(), color=col)
+        lo, hi = g["lo"].to_numpy(), g["hi"].to_numpy()
+        if (hi > lo).any():
+            ax.fill_between(x, lo, hi, color=col, alpha=0.15, lw=0, rasterized=True)
+    for i, task in enumerate(tasks):
+        truns = runs[runs[TASK] == task]
+        init = study.init_level(truns, "train")
+        if np.isfinite(init):
+            axes[i, 0].axhline(init, **INIT_STYLE)
+        prefix = f"{task}\n" if len(tasks) > 1 or study.task_fields else ""
+        axes[i, 0].set_ylabel(prefix + "CKA, last hidden layer")
+        for j in panels.values():
+            if j:
+                axes[i, j].set_ylabel(NTK_PANELS[j - 1][2])
+            axes[i, j].set_ylim(bottom=0)
+            axes[i, j].yaxis.set_major_locator(MaxNLocator(5, steps=TICK_STEPS))
+    if study.log_x:
+        _log(axes[0, 0], "x")
+    else:
+        axes[0, 0].xaxis.set_major_locator(MaxNLocator(6, steps=TICK_STEPS))
+    for ax in axes[-1]:
+        ax.set_xlabel(_xlabel(study))
+    axes[0, 0].set_title("CKA with the targets (train)")
+    for (_name, title, _), j in zip(NTK_PANELS, range(1, len(panels)), strict=True):
+        axes[0, j].set_title(title + " (whole network)")
+    _hue_legend(fig, study, loc="upper center", bbox_to_anchor=(0.5, 1.0))
+    fig.legend(
+        handles=_ref_handles(floor=False),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        frameon=False,
+    )
+    groups = sorted(set(m.loc[m["metric"].isin(names), "layer"]) - {""})
+    n_all = study.runs[TASK].nunique()
+    caption = (
+        "The empirical neural tangent kernel (NTK) during training, beside CKA. Left: CKA of the "
+        "last hidden layer with the targets on the train probe set; middle: centered alignment "
+        "of the whole network's NTK with the target kernel; right: kernel distance "
+        "(1 - cosine similarity) of the NTK to the one at step 0: how far the kernel has moved, "
+        "0 in the lazy (kernel) regime. Lines: mean over seeds of the runs that learned; band: "
+        "min–max. "
+        + (f"Showing {len(tasks)} of {n_all} tasks. " if len(tasks) < n_all else "")
+        + (
+            "The store also holds these values per parameter group ("
+            + ", ".join(groups)
+            + ") and the distance to the previous evaluation (ntk_distance_prev)."
+            if groups
+            else ""
+        )
+    )
+    return Drawn("ntk", "NTK alignment and kernel movement during training", fig, caption)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,7 +652,7 @@ def task_map(study: Study, facet: str | None = None, max_cols: int = 5) -> Drawn
             for sp in ax.spines.values():
                 sp.set_visible(False)
             ax.set_title(
-                f"{study.colors.title or 'runs'} = {study.colors.label(hue)}"
+                f"{study.colors.short_title or 'runs'} = {study.colors.label(hue)}"
                 if study.colors.field
                 else "all runs",
                 fontsize=8,
@@ -544,9 +709,10 @@ def _config_colors(study: Study, configs: list[str]) -> dict[str, Any]:
 
 def layerwise(study: Study) -> Drawn | None:
     """Final CKA of every probe layer, train and test, one line per model configuration (one
-    panel row per task, at most :data:`MAX_TASKS`)."""
+    panel row per task, at most :data:`MAX_TASKS`). ``None`` with fewer than two probe layers
+    (one point per line: the training curves show it)."""
     layers = study.layers
-    if not layers:
+    if len(layers) < 2:
         return None
     runs = study.runs
     tasks = select_tasks(study, runs, limit=4)
@@ -668,9 +834,10 @@ def layerwise(study: Study) -> Drawn | None:
 
 def layer_time(study: Study, split: str = "test") -> Drawn | None:
     """CKA of every probe layer over time as a layer x evaluation heatmap, one panel per model
-    configuration (mean over the runs that learned, all tasks and seeds pooled)."""
+    configuration (mean over the runs that learned, all tasks and seeds pooled). ``None`` with
+    fewer than two probe layers."""
     m = study.metrics
-    if m.empty or not study.layers:
+    if m.empty or len(study.layers) < 2:
         return None
     runs = study.runs[study.runs[STATE] == "done"]
     cka = m[(m["metric"] == "cka") & (m["split"] == split) & (m["layer"] != "")]
@@ -712,7 +879,7 @@ def layer_time(study: Study, split: str = "test") -> Drawn | None:
             _log(ax, "x")
         ax.set_yticks(np.arange(len(pivot.index)) + 0.5, list(pivot.index))
         ax.grid(False)
-        name = cfg if study.model_fields else f"{study.colors.title} = {cfg}"
+        name = cfg if study.model_fields else f"{study.colors.short_title} = {cfg}"
         ax.set_title(name if study.colors.field or study.model_fields else "all runs")
         ax.set_xlabel(_xlabel(study))
     for j in range(len(shown), nrows * ncols):

@@ -21,6 +21,7 @@ It reads only the store's tables (and dataset metadata); it never imports the tr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -122,6 +123,8 @@ class HueColors:
     values: list[Any]
     colors: list[tuple[float, float, float, float]]
     numeric: bool
+    #: The legend title when the field's label alone would mislead (see :func:`prepare`).
+    name: str | None = None
 
     def __call__(self, value: Any) -> tuple[float, float, float, float]:
         for v, c in zip(self.values, self.colors, strict=True):
@@ -134,7 +137,14 @@ class HueColors:
 
     @property
     def title(self) -> str:
+        if self.name:
+            return self.name
         return label(self.field) if self.field else ""
+
+    @property
+    def short_title(self) -> str:
+        """The title for a small panel: ``hidden lr`` when the readout has its own rate."""
+        return "hidden lr" if self.name else self.title
 
 
 def _isnan(v: Any) -> bool:
@@ -215,13 +225,20 @@ class Study:
         ]
         return float(np.median(vals)) if vals else math.nan
 
+    @functools.cached_property
+    def _step0_cka(self) -> pd.DataFrame:
+        m = self.metrics
+        if m.empty:
+            return m
+        return m[(m["step"] == 0) & (m["metric"] == "cka")]
+
     def init_level(self, runs: pd.DataFrame, split: str, layer: str | None = None) -> float:
         """Mean CKA at step 0 (the untrained network) over ``runs``; ``layer=None``: each
         run's last layer."""
-        m = self.metrics
+        m = self._step0_cka
         if m.empty:
             return math.nan
-        sel = m[(m["step"] == 0) & (m["metric"] == "cka") & (m["split"] == split)]
+        sel = m[m["split"] == split]
         sel = sel[sel["run_id"].isin(runs["run_id"])]
         if layer is None:
             last = runs.set_index("run_id")[LAST]
@@ -397,6 +414,9 @@ def prepare(
     ]
     hue_values = _sorted_unique(runs[HUE])
     colors = _hue_colors(hue_field, hue_values)
+    if hue_field == "optim.lr" and _readout_lr_set(runs):
+        # the readout has its own rate: "learning rate" alone would read as the only one
+        colors.name = "hidden learning rate (optim.lr)"
 
     layers, last = _layer_order(runs, metrics)
     runs[LAST] = runs["run_id"].map(last).fillna(layers[-1] if layers else "")
@@ -421,6 +441,13 @@ def prepare(
         store_info=dict(store_info or {}),
         missing=list(missing),
     )
+
+
+def _readout_lr_set(runs: pd.DataFrame) -> bool:
+    """Whether some run sets ``optim.readout_lr`` (its readout then learns at its own rate)."""
+    if "optim.readout_lr" not in runs:
+        return False
+    return bool(pd.to_numeric(runs["optim.readout_lr"], errors="coerce").notna().any())
 
 
 def _sorted_unique(s: pd.Series) -> list[Any]:

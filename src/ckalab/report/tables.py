@@ -5,8 +5,10 @@ rates, momentum, width, ...) followed by the outcome metrics; columns are the ou
 (:data:`OUTCOMES`: final train loss, test accuracy, last-hidden-layer CKA on test and train, CKA
 averaged over layers on test and train). Every cell holds:
 
-- Pearson ``r`` and Spearman ``rho`` (:func:`scipy.stats.pearsonr`, :func:`scipy.stats.spearmanr`),
-  with their two-sided p-values;
+- Pearson ``r`` and Spearman ``rho`` with their two-sided p-values (the t test with ``n - 2``
+  degrees of freedom, as :func:`scipy.stats.pearsonr` and :func:`scipy.stats.spearmanr` compute
+  them and equal to them to rounding, tested; computed here from :mod:`scipy.special`, whose
+  import costs a third of :mod:`scipy.stats`');
 - ``n``: runs with both values finite (pairwise complete);
 - percentile bootstrap 95% intervals of both coefficients: runs resampled with replacement,
   :data:`N_BOOTSTRAP` seeded resamples shared by all cells (a cell with missing values resamples
@@ -23,6 +25,7 @@ included runs. Diverged and failed runs are excluded and listed by id; runs that
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -186,6 +189,26 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r of two non-constant samples and its two-sided p-value: under independence
+    ``t = r sqrt((n - 2) / (1 - r^2))`` follows Student's t with ``n - 2`` degrees of freedom."""
+    from scipy.special import stdtr
+
+    r = float(
+        np.clip(_row_dots(_standardized_rows(x[None]), _standardized_rows(y[None]))[0], -1, 1)
+    )
+    dof = x.size - 2
+    if abs(r) >= 1.0:
+        return r, 0.0
+    t = abs(r) * math.sqrt(dof / ((1.0 - r) * (1.0 + r)))
+    return r, float(2.0 * stdtr(dof, -t))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank, as :func:`scipy.stats.rankdata`)."""
+    return _bootstrap_ranks(x, np.arange(x.size)[None])[0]
+
+
 def correlate(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -199,8 +222,6 @@ def correlate(
     Returns ``n, pearson_r, pearson_p, pearson_lo, pearson_hi, spearman_r, spearman_p,
     spearman_lo, spearman_hi``; NaN coefficients where fewer than 3 pairs or a constant sample.
     """
-    from scipy.stats import pearsonr, spearmanr
-
     xa = np.asarray(x, dtype=float)
     ya = np.asarray(y, dtype=float)
     ok = np.isfinite(xa) & np.isfinite(ya)
@@ -223,10 +244,8 @@ def correlate(
     out = {"n": float(n), **out}
     if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return out
-    pr = pearsonr(xa, ya)
-    sr = spearmanr(xa, ya)
-    out["pearson_r"], out["pearson_p"] = float(pr.statistic), float(pr.pvalue)
-    out["spearman_r"], out["spearman_p"] = float(sr.statistic), float(sr.pvalue)
+    out["pearson_r"], out["pearson_p"] = _pearson(xa, ya)
+    out["spearman_r"], out["spearman_p"] = _pearson(_ranks(xa), _ranks(ya))
     if n_boot > 0:
         boot = resamples if resamples is not None else _Resamples(n, n_boot, seed)
         (

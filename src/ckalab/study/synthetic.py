@@ -77,6 +77,40 @@ def _config(pair: Sequence[int], lr: float, seed: int, **kw: object) -> RunConfi
     )
 
 
+def _ntk_columns(
+    cols: dict[str, list],
+    tt: np.ndarray,
+    steps: np.ndarray,
+    epochs: np.ndarray,
+    rate: float,
+    cka_max: float,
+    rng: np.random.Generator,
+) -> None:
+    """Append made-up NTK rows to ``cols``: the alignment rises with the CKA, the distance to
+    the initial kernel grows as the kernel moves, the distance to the previous one shrinks."""
+    n = tt.size
+    rise = 1.0 - np.exp(-rate * tt)
+    for group, scale in (("", 1.0), ("features", 1.1), ("readout", 0.8)):
+        align = np.clip(0.1 + (cka_max * scale - 0.1) * rise, 0.0, 1.0)
+        dist = np.clip(0.9 * cka_max * scale * rise, 0.0, 1.0)
+        prev = np.abs(np.diff(dist, prepend=dist[0])) + 1e-4
+        per_metric = {
+            "ntk_alignment": align + rng.normal(0, 0.003, n),
+            "ntk_alignment_uncentered": 0.5 + 0.5 * align + rng.normal(0, 0.003, n),
+            "ntk_distance_init": dist,
+            "ntk_distance_prev": prev,
+        }
+        for metric, values in per_metric.items():
+            first = 1 if metric == "ntk_distance_prev" else 0
+            k = n - first
+            cols["step"].append(steps[first:])
+            cols["epoch"].append(epochs[first:])
+            cols["split"].append(np.full(k, "train", dtype=object))
+            cols["metric"].append(np.full(k, metric, dtype=object))
+            cols["layer"].append(np.full(k, group, dtype=object))
+            cols["value"].append(np.clip(values[first:], 0.0, None))
+
+
 def write_synthetic_store(
     path: str | os.PathLike[str],
     *,
@@ -91,6 +125,7 @@ def write_synthetic_store(
     every: int = 4,
     steps_per_epoch: int = 94,
     dataset: str = "mnist",
+    ntk: bool = False,
 ) -> Path:
     """Write a synthetic store of ``runs`` runs at ``path`` and return ``path``.
 
@@ -100,6 +135,10 @@ def write_synthetic_store(
     the metrics ``loss``, ``acc``, ``cka_avg``, ``cka_debiased_avg`` and, per layer, ``cka`` and
     ``cka_debiased`` (12 rows with one layer: 135 x 513 x 12 = 831,060 rows by default).
     About ``diverged_fraction`` of the runs, taken from the largest learning rate, diverge.
+    ``ntk=True`` adds the NTK tracking rows (:mod:`ckalab.ntk`; split ``train``, layer ``""``
+    for the whole network and ``features`` / ``readout`` for the parameter groups):
+    ``ntk_alignment``, ``ntk_alignment_uncentered``, ``ntk_distance_init`` and, from the second
+    evaluation on, ``ntk_distance_prev``.
     """
     if runs < 1 or evaluations < 2:
         raise ValueError("need runs >= 1 and evaluations >= 2")
@@ -177,8 +216,10 @@ def write_synthetic_store(
             cols["metric"].append(np.repeat(np.array(names, dtype=object), n))
             cols["layer"].append(np.repeat(np.array(layer_names, dtype=object), n))
             cols["value"].append(values.reshape(-1))
+        if ntk:
+            _ntk_columns(cols, tt, step_grid[:n], epoch_grid[:n], rate, cka_max, rng)
         table = pa.table(
-            {"run_id": pa.array([rid] * (2 * m * n), pa.string())}
+            {"run_id": pa.array([rid] * sum(len(v) for v in cols["value"]), pa.string())}
             | {k: np.concatenate(v) for k, v in cols.items()},
             schema=arrow_schema(),
         )
