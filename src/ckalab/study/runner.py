@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ckalab.study.executors import Executor, RunOutcome, RunTask, make_executor
+from ckalab.study.preflight import check_data_sizes
 from ckalab.study.progress import Progress
-from ckalab.study.spec import Study
+from ckalab.study.spec import Study, StudyError
 from ckalab.study.store import ResultsStore, StoreLock, make_run_row
 
 __all__ = [
@@ -74,12 +75,19 @@ def run_study(
     ``executor``: ``"local"`` (default from the study file), ``"ray"``, ``"slurm"`` or an
     :class:`~ckalab.study.executors.Executor` instance. ``workers``: local processes.
     ``address``: the Ray cluster. ``cluster``: submitit's cluster (``"slurm"``, ``"local"``).
-    Raises :class:`~ckalab.study.store.StoreLockedError` when another driver holds the store
-    and :class:`~ckalab.study.store.StoreError` for a store this version cannot write. A
+    Datasets whose split sizes validation left unchecked (files not local,
+    :attr:`~ckalab.study.spec.Study.unchecked_data`) are loaded and checked first: a problem
+    raises :class:`~ckalab.study.spec.StudyError` before anything is created. Raises
+    :class:`~ckalab.study.store.StoreLockedError` when another driver holds the store and
+    :class:`~ckalab.study.store.StoreError` for a store this version cannot write. A
     ``KeyboardInterrupt`` stops the executor and returns with ``interrupted=True``; every run
     committed before it is kept.
     """
     progress = progress or Progress()
+    if study.unchecked_data:  # sizes validation could not check without downloading
+        check = check_data_sizes(study.runs, study.base, load=True)
+        if check.problems:
+            raise StudyError(check.problems, str(study.source or "study"))
     out = study.out
     lock = StoreLock(out)
     lock.acquire()
