@@ -6,7 +6,8 @@ so that load drift on a shared machine affects both alike), printed with the tar
 - ``ckalab run`` (local, one worker, in-process) over ``train`` in a plain loop on N tiny runs
   (digits, MLP width 32, 1 epoch, one torch thread): overhead per run, store writes included
   (target <= 25 ms), and ``ckalab run``'s time outside ``train()`` per run.
-- ``--workers 2`` against ``--workers 1`` on 40 small runs (target >= 1.7x on 2 free cores).
+- ``--workers 2`` against ``--workers 1`` on 40 small runs (digits pair, MLP width 256, 40
+  epochs; target >= 1.7x on 2 free cores).
 - ``load_results`` on a classic-study-sized synthetic store (135 runs x 513 evaluations x 12
   rows = 831k rows): everything (target <= 1 s) and one run's CKA curve (target <= 50 ms).
 
@@ -141,9 +142,13 @@ def _overhead(tmp: Path, runs: int, repeats: int) -> None:
     )
 
 
-def bench_parallel(tmp: Path, runs: int, repeats: int = 2) -> None:
-    """``--workers 1`` and ``--workers 2`` alternating (ABBA), a fresh store each time."""
-    path = _study(tmp, "parallel", n_train=280, width=256, epochs=3, runs=runs)
+def bench_parallel(tmp: Path, runs: int, repeats: int = 2, epochs: int = 40) -> None:
+    """``--workers 1`` and ``--workers 2`` alternating (ABBA), a fresh store each time.
+
+    Each worker process pays a fixed start (spawn, import torch, load the data: seconds on a
+    small machine), so the runs must be long enough for the speed-up to mean anything:
+    ``epochs`` sets their length (40: about half a second each on a free core)."""
+    path = _study(tmp, "parallel", n_train=280, width=256, epochs=epochs, runs=runs)
     study = load_study(path, out=tmp / "parallel")
 
     def timed(workers: int, rep: int) -> float:
@@ -161,7 +166,7 @@ def bench_parallel(tmp: Path, runs: int, repeats: int = 2) -> None:
         speedups.append(times[1] / times[2])
         print(
             f"parallel: round {rep}: {runs} small runs: --workers 1 {times[1]:.1f} s, "
-            f"--workers 2 {times[2]:.1f} s -> speed-up {speedups[-1]:.2f}x"
+            f"--workers 2 {times[2]:.1f} s -> speed-up {speedups[-1]:.2f}x ({epochs} epochs each)"
         )
     print(
         _median_line("parallel: speed-up of --workers 2", speedups, "x", ".2f")
@@ -202,6 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--parallel-runs", type=int, default=40)
+    parser.add_argument("--parallel-epochs", type=int, default=40, help="length of those runs")
     parser.add_argument("--skip-train", action="store_true", help="only the store reads")
     parser.add_argument(
         "--cases", nargs="+", default=["store", "overhead", "parallel"], help="which cases to run"
@@ -217,7 +223,7 @@ def main() -> None:
         if not args.skip_train and "overhead" in args.cases:
             bench_overhead(tmp, args.runs, args.repeats)
         if not args.skip_train and "parallel" in args.cases:
-            bench_parallel(tmp, args.parallel_runs)
+            bench_parallel(tmp, args.parallel_runs, epochs=args.parallel_epochs)
 
 
 if __name__ == "__main__":
