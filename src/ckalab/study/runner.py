@@ -4,21 +4,26 @@
 (a second driver on the same directory is refused, naming the owner), records the resolved
 study file, and hands the runs that are not finished yet (plus the failed ones with
 ``rerun_failed``) to an executor. Each outcome is committed to the store as it arrives (see
-:mod:`ckalab.study.store`), so a crash, a SIGKILL or Ctrl-C loses at most the runs in flight,
-and running again picks up exactly the missing ones. Runs in the store that the study no longer
+:mod:`ckalab.study.store`; on a background thread, so that writing overlaps training), so a
+crash or a SIGKILL loses at most the runs in flight and the few outcomes not yet written, Ctrl-C
+only the runs in flight (everything received is written first), and running again picks up
+exactly the missing ones. Runs in the store that the study no longer
 describes are kept and counted as "not in this study".
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckalab.study.executors import Executor, RunOutcome, RunTask, make_executor
+from ckalab.study.preflight import check_data_sizes
 from ckalab.study.progress import Progress
-from ckalab.study.spec import Study
+from ckalab.study.spec import Study, StudyError
 from ckalab.study.store import ResultsStore, StoreLock, make_run_row
 
 __all__ = [
@@ -74,18 +79,27 @@ def run_study(
     ``executor``: ``"local"`` (default from the study file), ``"ray"``, ``"slurm"`` or an
     :class:`~ckalab.study.executors.Executor` instance. ``workers``: local processes.
     ``address``: the Ray cluster. ``cluster``: submitit's cluster (``"slurm"``, ``"local"``).
-    Raises :class:`~ckalab.study.store.StoreLockedError` when another driver holds the store
-    and :class:`~ckalab.study.store.StoreError` for a store this version cannot write. A
+    Datasets whose split sizes validation left unchecked (files not local,
+    :attr:`~ckalab.study.spec.Study.unchecked_data`) are loaded and checked first: a problem
+    raises :class:`~ckalab.study.spec.StudyError` before anything is created. Raises
+    :class:`~ckalab.study.store.StoreLockedError` when another driver holds the store and
+    :class:`~ckalab.study.store.StoreError` for a store this version cannot write. A
     ``KeyboardInterrupt`` stops the executor and returns with ``interrupted=True``; every run
     committed before it is kept.
     """
     progress = progress or Progress()
+    if study.unchecked_data:  # sizes validation could not check without downloading
+        check = check_data_sizes(study.runs, study.base, load=True)
+        if check.problems:
+            raise StudyError(check.problems, str(study.source or "study"))
     out = study.out
     lock = StoreLock(out)
     lock.acquire()
     ex: Executor | None = None
+    store: ResultsStore | None = None
     try:
         store = ResultsStore.open(out)
+        store.compact()  # the row files a killed driver left
         result = StudyRunResult(path=out, total=len(study.runs), already_finished=0)
         if (note := lock.describe_takeover()) is not None:
             result.notes.append(note)
@@ -135,22 +149,71 @@ def run_study(
             stale=len(result.stale),
             parallel=getattr(ex, "workers", 1),
         )
+        committer = _Committer(store)
         try:
             if tasks:
                 for outcome in ex.run(tasks, progress.event):
-                    _commit(store, by_id[outcome.run_id].config, outcome)
+                    committer.submit(by_id[outcome.run_id].config, outcome)
                     _count(result, outcome)
                     progress.finished(outcome)
         except KeyboardInterrupt:
             result.interrupted = True
         finally:
-            progress.close(result)
+            try:
+                committer.close()  # every outcome received is committed before we return
+            finally:
+                progress.close(result)
         result.failed_in_store = sum(1 for rid in ids if store.status(rid) == "failed")
         return result
     finally:
-        if ex is not None:
-            ex.close()
-        lock.release()
+        try:
+            if ex is not None:
+                ex.close()
+        finally:
+            if store is not None:
+                store.compact()
+            lock.release()
+
+
+class _Committer:
+    """Commits outcomes on a background thread, in arrival order, so that the store's file
+    writes and fsyncs (which release the GIL) overlap the training of the next run instead of
+    adding to it. :meth:`close` waits until everything submitted is committed and re-raises the
+    first error of a commit (as does the next :meth:`submit`)."""
+
+    def __init__(self, store: ResultsStore, depth: int = 8) -> None:
+        self.store = store
+        self.queue: queue.Queue[tuple[Any, RunOutcome] | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="ckalab-commit", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    _commit(self.store, *item)
+                except BaseException as exc:  # reported to the driver's thread
+                    self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def submit(self, config: Any, outcome: RunOutcome) -> None:
+        self._raise()
+        self.queue.put((config, outcome))
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            while self.thread.is_alive():  # a join that Ctrl-C cannot cut short
+                try:
+                    self.thread.join()
+                except KeyboardInterrupt:
+                    continue
+        self._raise()
 
 
 def _commit(store: ResultsStore, config: Any, outcome: RunOutcome) -> None:

@@ -136,6 +136,8 @@ class RunSpec:
     config: RunConfig
     run_id: str
     swept: dict[str, Any]
+    #: The TOML path of each swept value of this run (``{"optim.lr": 'sweep."optim.lr"[2]'}``).
+    paths: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,9 @@ class Study:
     source: Path | None = None
     base: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)
+    #: Datasets whose split sizes could not be checked without downloading them (``--dry-run``
+    #: says so; :func:`~ckalab.study.runner.run_study` checks them before anything starts).
+    unchecked_data: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -327,8 +332,13 @@ def parse_study(
     base_dir: str | Path = ".",
     out: str | Path | None = None,
     source: str | Path | None = None,
+    check_data: bool = True,
 ) -> Study:
-    """Validate and expand a parsed study file (a nested mapping)."""
+    """Validate and expand a parsed study file (a nested mapping).
+
+    ``check_data``: also check every run against its dataset's split sizes (``data.n_train``,
+    ``data.n_test``, ``train.batch_size``; see :mod:`ckalab.study.preflight`) without
+    downloading anything."""
     problems: list[str] = []
     label = str(source) if source is not None else "study"
     base_dir = Path(base_dir)
@@ -404,10 +414,17 @@ def parse_study(
     problems = list(dict.fromkeys(problems))
 
     runs: list[RunSpec] = []
+    unchecked: tuple[str, ...] = ()
     if not problems:
         runs = _expand(base, factors, base_dir, problems)
     if not problems and not runs:
         problems.append("the study has no runs")
+    if not problems and check_data:
+        from ckalab.study.preflight import check_data_sizes
+
+        data_check = check_data_sizes(runs, base, load=False)
+        problems.extend(data_check.problems)
+        unchecked = data_check.unchecked
     if problems:
         raise StudyError(problems, label)
 
@@ -426,6 +443,7 @@ def parse_study(
         source=Path(source) if source is not None else None,
         base=base,
         sweep=normalized_sweep,
+        unchecked_data=unchecked,
     )
 
 
@@ -536,10 +554,13 @@ def _expand(
     runs: list[RunSpec] = []
     by_id: dict[str, int] = {}
     run_problems: list[str] = []
-    for index, combo in enumerate(itertools.product(*(rows for _, rows, _ in factors))):
+    choices = (list(enumerate(rows)) for _, rows, _ in factors)
+    for index, combo in enumerate(itertools.product(*choices)):
         values: dict[str, Any] = {}
-        for (names, _, _), row in zip(factors, combo, strict=True):
+        paths: dict[str, str] = {}
+        for (names, _, fpaths), (j, row) in zip(factors, combo, strict=True):
             values.update(zip(names, row, strict=True))
+            paths.update((n, f"{p}[{j}]") for n, p in zip(names, fpaths, strict=True))
         desc = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         try:
             config = RunConfig.model_validate(_with(base, values))
@@ -567,7 +588,7 @@ def _expand(
             )
             continue
         by_id[rid] = len(runs)
-        runs.append(RunSpec(index=index, config=config, run_id=rid, swept=values))
+        runs.append(RunSpec(index=index, config=config, run_id=rid, swept=values, paths=paths))
     if len(run_problems) > _MAX_RUN_PROBLEMS:
         extra = len(run_problems) - _MAX_RUN_PROBLEMS
         run_problems = [*run_problems[:_MAX_RUN_PROBLEMS], f"... and {extra} more run problems"]
@@ -589,7 +610,8 @@ class WorkEstimate:
 
 def estimate_work(config: RunConfig) -> WorkEstimate:
     """Updates and evaluations of one run, from the dataset's registered sizes (approximate
-    when a class subset's size is inferred as a fraction of the split)."""
+    when the registry does not know the class counts and a class subset's size is inferred as
+    a fraction of the split)."""
     from ckalab.data.registry import get_info
     from ckalab.tracking import tracking_steps
 
@@ -598,7 +620,10 @@ def estimate_work(config: RunConfig) -> WorkEstimate:
     n = config.data.n_train
     if n is None:
         n = info.n_train
-        if config.data.classes is not None:
+        counts = info.class_counts("train")
+        if config.data.classes is not None and counts is not None:
+            n = sum(counts[c] for c in config.data.classes)
+        elif config.data.classes is not None:
             n = round(n * len(config.data.classes) / info.num_classes)
             approximate = True
     bs = config.train.batch_size

@@ -2,11 +2,12 @@ r"""The results store: one directory per study, Parquet files, no server.
 
 Layout::
 
-    DIR/store.json                    {"format": "ckalab-store", "version": 1,
+    DIR/store.json                    {"format": "ckalab-store", "version": 2,
                                        "metrics_schema": 1, "ckalab": "0.1.0", "created": ...,
                                        "study": {"name": ..., "runs": [run ids], "swept": [...]}}
     DIR/study.toml                    the resolved study file of the latest ``ckalab run``
     DIR/runs.parquet                  the runs table: one row per finished run
+    DIR/runs/<run_id>.json            a run committed since the last compaction (its row)
     DIR/metrics/<run_id>.parquet      that run's metric rows (:func:`ckalab.metrics.arrow_schema`)
     DIR/weights/<run_id>.safetensors  final weights (when kept)
     DIR/.lock                         held by the driver while it writes (pid, host, start time)
@@ -18,11 +19,20 @@ dotted name (``data.classes``, ``optim.lr``, ...; tuples as compact JSON text ``
 as null), then the final summaries as ``final.<summary key>`` (``final.test_acc``,
 ``final.test_cka.hidden1``; NaN for a diverged run, null for a failed one).
 
-Durability: a finished run is committed by writing its metrics file, then its weights, then the
-runs table, each atomically (temporary file in the same folder, fsync, rename, directory fsync).
-A run is *finished* exactly when its row is in ``runs.parquet``; a metrics file without a row
-(a crash between the two writes) is never read and is overwritten when the run is redone. Only
-the driver writes, under the lock (:class:`StoreLock`).
+Durability: a finished run is committed by writing its metrics file, then its weights, then its
+row as ``runs/<run_id>.json``, each atomically (temporary file in the same folder, fsync,
+rename; the directory of the row is fsynced, the commit point). A run is *finished* exactly
+when its row is in ``runs.parquet`` or ``runs/``; a metrics file without a row (a crash between
+the writes) is never read and is overwritten when the run is redone. The driver *compacts* the
+row files into ``runs.parquet`` when it finishes or is interrupted and when it opens the store
+(after a crash): it writes the merged table atomically, then deletes the row files; a row in
+both places (a crash in between) is the same row and is read once. Readers merge the two, a
+row file winning over ``runs.parquet`` (it is newer: a failed run redone). So committing a run
+costs the same for the 1st and the 10,000th run. Only the driver writes, under the lock
+(:class:`StoreLock`).
+
+Version 1 stores (no ``runs/``) are read as they are and upgraded to version 2 in place by the
+next ``ckalab run``.
 """
 
 from __future__ import annotations
@@ -68,11 +78,14 @@ __all__ = [
 
 STORE_FORMAT = "ckalab-store"
 #: Version of the store layout (file names, runs-table columns); bumped on any change.
-STORE_VERSION = 1
+STORE_VERSION = 2
+#: Older layouts this version reads (version 1: no ``runs/`` folder); writing upgrades them.
+READABLE_VERSIONS = (1, 2)
 
 HEADER_FILE = "store.json"
 STUDY_FILE = "study.toml"
 RUNS_FILE = "runs.parquet"
+PENDING_DIR = "runs"
 METRICS_DIR = "metrics"
 WEIGHTS_DIR = "weights"
 LOCK_FILE = ".lock"
@@ -122,10 +135,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Any) -> Path:
+def _atomic_write(path: Path, write: Any, *, sync_dir: bool = True) -> Path:
     """``write(file_object)`` into a temporary file next to ``path``, fsync, rename, fsync the
-    directory: readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    directory (unless ``sync_dir`` is False: a later directory fsync makes the rename durable):
+    readers see the old file or the new one, never a partial one."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from collaborators
@@ -137,7 +152,8 @@ def _atomic_write(path: Path, write: Any) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
     return path
 
 
@@ -146,10 +162,41 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return _atomic_write(Path(path), lambda f: f.write(data))
 
 
-def _atomic_write_parquet(path: Path, table: pa.Table) -> Path:
+def _atomic_write_parquet(path: Path, table: pa.Table, *, sync_dir: bool = True) -> Path:
     import pyarrow.parquet as pq
 
-    return _atomic_write(path, lambda f: pq.write_table(table, f))
+    return _atomic_write(path, lambda f: pq.write_table(table, f), sync_dir=sync_dir)
+
+
+def _row_json(row: Mapping[str, Any]) -> bytes:
+    """A runs-table row as the JSON of ``runs/<run_id>.json`` (NaN kept; the UTC time as ISO)."""
+    out = dict(row)
+    if isinstance(out.get("finished_at"), datetime):
+        out["finished_at"] = out["finished_at"].isoformat()
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def _row_from_json(raw: bytes) -> dict[str, Any]:
+    row = json.loads(raw)
+    if isinstance(row.get("finished_at"), str):
+        row["finished_at"] = datetime.fromisoformat(row["finished_at"])
+    return row
+
+
+def _read_pending(directory: Path) -> dict[str, dict[str, Any]] | None:
+    """The rows of ``runs/`` by run id; None when a listed file vanished while reading (a
+    compaction ran meanwhile: read again)."""
+    folder = directory / PENDING_DIR
+    if not folder.is_dir():
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for p in sorted(folder.glob("*.json")):
+        try:
+            row = _row_from_json(p.read_bytes())
+        except FileNotFoundError:
+            return None
+        rows[row["run_id"]] = row
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +358,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise StoreError(f"{header_path} is not a ckalab store header")
     version, schema = header.get("version"), header.get("metrics_schema")
     writer = header.get("ckalab", "?")
-    if version != STORE_VERSION or schema != METRICS_SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or schema != METRICS_SCHEMA_VERSION:
         newer = (version or 0) > STORE_VERSION or (schema or 0) > METRICS_SCHEMA_VERSION
         hint = (
             "upgrade ckalab to read it"
@@ -469,6 +516,7 @@ class ResultsStore:
         self.path = path
         self.header = header
         self.rows = rows
+        self._pending: set[str] = set()  # run ids with a row file in runs/
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> ResultsStore:
@@ -493,7 +541,11 @@ class ResultsStore:
 
             for r in pq.read_table(runs_path).to_pylist():
                 rows[r["run_id"]] = r
-        return cls(directory, header, rows)
+        pending = _read_pending(directory) or {}  # under the lock: nobody compacts meanwhile
+        rows.update(pending)
+        store = cls(directory, header, rows)
+        store._pending = set(pending)
+        return store
 
     # paths --------------------------------------------------------------------------------
     def metrics_path(self, run_id: str) -> Path:
@@ -501,6 +553,9 @@ class ResultsStore:
 
     def weights_path(self, run_id: str) -> Path:
         return self.path / WEIGHTS_DIR / f"{run_id}.safetensors"
+
+    def row_path(self, run_id: str) -> Path:
+        return self.path / PENDING_DIR / f"{run_id}.json"
 
     # queries ------------------------------------------------------------------------------
     def status(self, run_id: str) -> str | None:
@@ -511,7 +566,12 @@ class ResultsStore:
     def remove_temporary_files(self) -> int:
         """Delete temporary files a crashed writer left behind (they are never read)."""
         n = 0
-        for folder in (self.path, self.path / METRICS_DIR, self.path / WEIGHTS_DIR):
+        for folder in (
+            self.path,
+            self.path / METRICS_DIR,
+            self.path / WEIGHTS_DIR,
+            self.path / PENDING_DIR,
+        ):
             if folder.is_dir():
                 for p in folder.glob(".*.tmp"):
                     p.unlink(missing_ok=True)
@@ -524,6 +584,7 @@ class ResultsStore:
         """Record the resolved study file and which runs and fields it describes."""
         atomic_write_bytes(self.path / STUDY_FILE, toml_text.encode())
         header = dict(self.header)
+        header["version"] = STORE_VERSION  # a version 1 store is upgraded in place
         header["study"] = {"name": name, "runs": list(run_ids), "swept": list(swept)}
         atomic_write_bytes(self.path / HEADER_FILE, json.dumps(header, indent=1).encode())
         self.header = header
@@ -534,8 +595,14 @@ class ResultsStore:
         metrics: pa.Table | None = None,
         weights: bytes | None = None,
     ) -> None:
-        """Add or replace one finished run: metrics file, weights, then the runs table (the
-        commit point). ``metrics`` must have :func:`ckalab.metrics.arrow_schema`."""
+        """Add or replace one finished run: metrics file, weights, then its row file (the
+        commit point; see the module docstring). ``metrics`` must have
+        :func:`ckalab.metrics.arrow_schema`.
+
+        The metrics and weights renames are made durable by the fsync of their directories
+        before the row's rename (three directory fsyncs per run)."""
+        if self.header.get("version") != STORE_VERSION:
+            self._upgrade_header()
         rid = row["run_id"]
         if metrics is not None:
             if metrics.schema.remove_metadata() != arrow_schema().remove_metadata():
@@ -545,10 +612,29 @@ class ResultsStore:
             self.metrics_path(rid).unlink(missing_ok=True)
         if weights is not None:
             atomic_write_bytes(self.weights_path(rid), weights)
-        rows = dict(self.rows)
-        rows[rid] = dict(row)
-        _atomic_write_parquet(self.path / RUNS_FILE, _runs_table(list(rows.values())))
-        self.rows = rows
+        atomic_write_bytes(self.row_path(rid), _row_json(row))
+        self.rows[rid] = dict(row)
+        self._pending.add(rid)
+
+    def _upgrade_header(self) -> None:
+        header = {**self.header, "version": STORE_VERSION}
+        atomic_write_bytes(self.path / HEADER_FILE, json.dumps(header, indent=1).encode())
+        self.header = header
+
+    def compact(self) -> int:
+        """Merge the row files of ``runs/`` into ``runs.parquet`` (atomically), then delete
+        them; returns how many there were."""
+        folder = self.path / PENDING_DIR
+        files = list(folder.glob("*.json")) if folder.is_dir() else []
+        if not files:
+            self._pending.clear()
+            return 0
+        _atomic_write_parquet(self.path / RUNS_FILE, _runs_table(list(self.rows.values())))
+        for p in files:
+            p.unlink(missing_ok=True)
+        _fsync_dir(folder)
+        self._pending.clear()
+        return len(files)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,8 +730,26 @@ def load_results(
     directory = Path(path)
     read_header(directory)
     runs_path = directory / RUNS_FILE
-    if runs_path.exists():
-        dataset = ds.dataset(runs_path, format="parquet")
+    dataset = None
+    for _ in range(10):  # a compaction between the reads: read again
+        pending = _read_pending(directory)
+        if pending is None:
+            continue
+        if not pending:
+            dataset = ds.dataset(runs_path, format="parquet") if runs_path.exists() else None
+            break
+        import pyarrow.parquet as pq
+
+        rows = {}
+        if runs_path.exists():
+            rows = {r["run_id"]: r for r in pq.read_table(runs_path).to_pylist()}
+        if all((directory / PENDING_DIR / f"{rid}.json").exists() for rid in pending):
+            rows.update(pending)
+            dataset = ds.dataset(_runs_table(list(rows.values())))
+            break
+    else:  # pragma: no cover - a writer compacting continuously
+        raise StoreError(f"results store {directory} kept changing while being read")
+    if dataset is not None:
         columns = dataset.schema.names
         expr = _filter_expression(dict(runs or {}), columns)
         if run_ids is not None:

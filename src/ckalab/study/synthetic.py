@@ -248,4 +248,5 @@ def write_synthetic_store(
             finished_at=start + timedelta(minutes=i),
         )
         store.commit(row, table)
+    store.compact()
     return Path(path)
