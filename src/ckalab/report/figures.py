@@ -538,7 +538,7 @@ def ntk_curves(study: Study) -> Drawn | None:
         ax.set_xlabel(_xlabel(study))
     axes[0, 0].set_title("CKA with the targets (train)")
     for (_name, title, _), j in zip(NTK_PANELS, range(1, len(panels)), strict=True):
-        axes[0, j].set_title(title + " (whole network)")
+        axes[0, j].set_title(title if j == 0 else title + ",\nwhole network")
     _hue_legend(fig, study, loc="upper center", bbox_to_anchor=(0.5, 1.0))
     fig.legend(
         handles=_ref_handles(floor=False),
