@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from ckalab import alignment as A
@@ -51,8 +51,11 @@ def test_float32_within_bound_reported_sizes(n, p):
 )
 @example(50, 300, 0, 0.0, True)
 @example(50, 300, 1, 1e3, False)
+@example(120, 1, 0, 0.0, False)  # a dead single feature: skipped, not a failure
 def test_float32_within_bound_property(n, p, seed, offset, debiased):
     x, y = relu_features(n, p, seed, offset)
+    # A dead ReLU layer (every feature constant, likely at small p) has no CKA: NaN + warning.
+    assume(bool((x - x[0]).abs().max() > 0))
     assert _float32_error(x, y, debiased) < FLOAT32_BOUND
 
 
