@@ -38,6 +38,7 @@ def run(*args):
     return main(["run", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_resume_and_extend(tmp_path, capsys):
     study = write(tmp_path, '"optim.lr" = [0.1, 0.01]\n')
     store = tmp_path / "store"
@@ -86,6 +87,7 @@ def _failing_train(monkeypatch, n_test):
     monkeypatch.setattr(ckalab.train, "train", train)
 
 
+@pytest.mark.slow
 def test_failed_and_diverged_runs(tmp_path, capsys, monkeypatch):
     _failing_train(monkeypatch, 60)
     study = write(
@@ -141,6 +143,7 @@ def test_data_sizes_checked_before_anything(tmp_path, capsys):
         assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_second_driver_refused(tmp_path, capsys):
     study = write(tmp_path, '"optim.lr" = [0.1]\n')
     store = tmp_path / "store"
@@ -153,6 +156,7 @@ def test_second_driver_refused(tmp_path, capsys):
     assert "in use by another ckalab run" in err and "pid" in err and "started" in err
 
 
+@pytest.mark.slow
 def test_store_of_another_version(tmp_path, capsys):
     study = write(tmp_path, '"optim.lr" = [0.1]\n')
     assert run(study) == 0

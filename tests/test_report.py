@@ -191,6 +191,7 @@ def _check_report(out: Path, result, min_figures: int = 1) -> str:  # type: igno
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.slow
 def test_report_of_the_classic_study_shape(tmp_path: Path, workers: int) -> None:
     out = write_synthetic_store(
         tmp_path / "s",
@@ -217,6 +218,7 @@ def test_report_of_the_classic_study_shape(tmp_path: Path, workers: int) -> None
     assert set(result.timings) >= {"load", "curves", "ntk", "task_map", "html"}
 
 
+@pytest.mark.slow
 def test_report_modules_load_without_torch() -> None:
     import subprocess
     import sys
@@ -243,6 +245,7 @@ def _frames(tmp_path: Path, **kw) -> tuple[pd.DataFrame, pd.DataFrame, list[str]
     "case",
     ["one_task", "one_lr", "one_run", "all_diverged", "deep_geometric_seeds", "did_not_learn"],
 )
+@pytest.mark.slow
 def test_report_of_unexpected_studies(tmp_path: Path, case: str) -> None:
     kw: dict = {"evaluations": 9, "diverged_fraction": 0.0}
     if case == "one_task":
@@ -317,6 +320,7 @@ def test_report_of_partial_and_missing_stores(tmp_path: Path) -> None:
     assert "1 finished runs have no metrics file" in page
 
 
+@pytest.mark.slow
 def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ckalab.cli import main
 

@@ -79,6 +79,7 @@ def _attr(dom: str, name: str) -> str:
     return m.group(1).replace("&quot;", '"')
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     store = write_synthetic_store(
         tmp_path / "study",

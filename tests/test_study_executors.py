@@ -73,6 +73,7 @@ class Events(Progress):
         self.events.append(ev)
 
 
+@pytest.mark.slow
 def test_local_two_workers(study_path, reference, tmp_path):
     progress = Events()
     out = tmp_path / "store"
@@ -101,6 +102,7 @@ def test_local_worker_death_retried_then_failed(study_path, reference, tmp_path,
     assert "died twice" in runs.set_index("run_id").loc[victim, "error"]
 
 
+@pytest.mark.slow
 def test_ray(study_path, reference, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ckalab[ray]')")
     victim = sorted(reference[0].run_id)[1]
@@ -126,6 +128,7 @@ def test_ray(study_path, reference, tmp_path, monkeypatch):
     np.testing.assert_allclose(a.value.to_numpy(), b.value.to_numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_submitit_local(study_path, reference, tmp_path):
     pytest.importorskip(
         "submitit", reason="submitit is not installed (pip install 'ckalab[slurm]')"
