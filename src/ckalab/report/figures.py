@@ -159,6 +159,24 @@ def _fixed_grid(
     return fig, axes
 
 
+def _curve_grid(n_rows: int, n_cols: int, *, bottom: float) -> tuple[Figure, np.ndarray]:
+    """The grid of the against-epoch figures (curves, NTK): one row of panels per task, 11 in
+    wide, a shared x axis; ``bottom`` (inches) leaves room for the key legend."""
+    return _fixed_grid(
+        11.0,
+        1.85,
+        n_rows,
+        n_cols,
+        left=1.0,
+        right=0.15,
+        top=0.95,
+        bottom=bottom,
+        wspace=0.8,
+        hspace=0.25,
+        sharex=True,
+    )
+
+
 def _hue_key(v: Any) -> str:
     return format_value(v)
 
@@ -345,19 +363,7 @@ def training_curves(
         return None
     tasks = select_tasks(study, runs)
     n_tasks = len(tasks)
-    fig, axes = _fixed_grid(
-        11.0,
-        1.85,
-        n_tasks,
-        3,
-        left=1.0,
-        right=0.15,
-        top=0.95,
-        bottom=0.95,
-        wspace=0.8,
-        hspace=0.25,
-        sharex=True,
-    )
+    fig, axes = _curve_grid(n_tasks, 3, bottom=0.95)
     x0 = _x0(study, rows)
     row_of = {t: i for i, t in enumerate(tasks)}
     rows = rows[rows[TASK].isin(row_of)]
@@ -485,19 +491,7 @@ def ntk_curves(study: Study) -> Drawn | None:
     row_of = {t: i for i, t in enumerate(tasks)}
     rows = rows[rows[TASK].isin(row_of)]
     panels = {"cka": 0, **{n: j + 1 for j, (n, _, _) in enumerate(NTK_PANELS)}}
-    fig, axes = _fixed_grid(
-        11.0,
-        1.85,
-        len(tasks),
-        len(panels),
-        left=1.0,
-        right=0.15,
-        top=0.95,
-        bottom=0.85,
-        wspace=0.8,
-        hspace=0.25,
-        sharex=True,
-    )
+    fig, axes = _curve_grid(len(tasks), len(panels), bottom=0.85)
     x0 = _x0(study, rows)
     agg = (
         rows.groupby([TASK, HUE, "metric", "step"], sort=True)

@@ -228,19 +228,7 @@ def correlate(
     if not ok.all():
         xa, ya, resamples = xa[ok], ya[ok], None  # pairwise complete: resample these runs
     n = int(xa.size)
-    out = dict.fromkeys(
-        (
-            "pearson_r",
-            "pearson_p",
-            "pearson_lo",
-            "pearson_hi",
-            "spearman_r",
-            "spearman_p",
-            "spearman_lo",
-            "spearman_hi",
-        ),
-        np.nan,
-    )
+    out = dict.fromkeys(CELL_COLUMNS[3:], np.nan)  # the statistics after row, column, n
     out = {"n": float(n), **out}
     if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return out
