@@ -81,7 +81,7 @@ def _failing_train(monkeypatch, n_test):
 
     def train(config, **kw):
         if config.data.n_test == n_test:
-            raise ConfigError("tracking.layers: a problem found by the trainer")
+            raise ConfigError("a problem only the trainer finds")
         return real(config, **kw)
 
     monkeypatch.setattr(ckalab.train, "train", train)

@@ -115,6 +115,25 @@ def test_cross_field_rules() -> None:
         parse_run_config({"optim": {"betas": [0.9, 1.0]}})
 
 
+def test_tracked_layers_are_checked_against_the_model() -> None:
+    """``tracking.layers`` is checked when the configuration is validated (so a study finds a
+    wrong name before anything trains), against the names the models use."""
+    ok = parse_run_config(
+        {"model": {"arch": "resnet", "depth": 1}, "tracking": {"layers": ["pool", "stem"]}}
+    )
+    assert ok.tracking.layers == ("pool", "stem")
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({"model": {"depth": 2}, "tracking": {"layers": ["hidden2", "hidden3"]}})
+    assert (
+        "tracking.layers = ['hidden2', 'hidden3']: unknown layer 'hidden3'; "
+        "this model (mlp, depth 2) has ['hidden1', 'hidden2']" in str(info.value)
+    )
+    with pytest.raises(ConfigError, match=r"tracking\.layers = \[\]: empty"):
+        parse_run_config({"tracking": {"layers": []}})
+    with pytest.raises(ConfigError, match=r"unknown layer 'hidden1'.*\['conv1', 'pool'\]"):
+        parse_run_config({"model": {"arch": "cnn"}, "tracking": {"layers": ["hidden1"]}})
+
+
 def test_several_errors_in_one_line() -> None:
     with pytest.raises(ValidationError) as info:
         RunConfig.model_validate({"optim": {"lr": -1}, "model": {"depth": 0}})

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ckalab.config import ModelConfig
+from ckalab.layer_names import probe_layer_names
 from ckalab.models import ACTIVATIONS, CNN, MLP, ResNet, build_model, init_parameters
 
 
@@ -163,9 +164,21 @@ def test_batchnorm_initialized() -> None:
 def test_build_model(arch: str, shape: tuple[int, ...], probes: tuple[str, ...]) -> None:
     config = ModelConfig(arch=arch, depth=2, width=4, activation="tanh")
     model = build_model(config, shape, 3, seed=5)
-    assert model.probe_layers == probes
+    assert model.probe_layers == probes == probe_layer_names(arch, 2)
     assert model(torch.randn(2, *shape)).shape == (2, 3)
     again = build_model(config, shape, 3, seed=5)
     assert all(
         torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True)
     )
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_probe_layer_names_are_the_built_models_names(arch: str, depth: int) -> None:
+    """The torch-free naming rule (used to validate ``tracking.layers`` up front) is the one
+    the models build with."""
+    model = build_model(ModelConfig(arch=arch, depth=depth, width=2), (1, 4, 4), 2)
+    assert model.probe_layers == probe_layer_names(arch, depth)
+    if arch == "resnet":  # three stages, the first block of stages 2 and 3 halving resolution
+        widths = [model.blocks[f"block{i}"].conv2.out_channels for i in range(1, 3 * depth + 1)]
+        assert widths == [2] * depth + [4] * depth + [8] * depth

@@ -119,6 +119,22 @@ def test_cross_field_and_duplicates(tmp_path):
     assert len(problems) == 1 and "duplicates run #0" in problems[0]
 
 
+def test_tracked_layers_checked_before_any_run(tmp_path):
+    """A tracking.layers name the model lacks is found by validation (exit 2 at --dry-run),
+    not by the trainer: for the base run, and per run when the architecture is swept."""
+    problems = _problems(tmp_path, '[tracking]\nlayers = ["hidden3"]\n[model]\ndepth = 2\n')
+    assert problems == [
+        "tracking.layers = ['hidden3']: unknown layer 'hidden3'; this model (mlp, depth 2) "
+        "has ['hidden1', 'hidden2']"
+    ]
+    problems = _problems(
+        tmp_path,
+        '[data]\ndataset = "digits"\n[tracking]\nlayers = ["pool"]\n'
+        '[sweep]\n"model.arch" = ["cnn", "mlp"]\n',
+    )
+    assert len(problems) == 1 and problems[0].startswith('run #1 (model.arch="mlp"): tracking')
+
+
 def test_seeds_problems(tmp_path):
     assert _problems(tmp_path, "[sweep]\nseeds = 0\n") == ["sweep.seeds = 0: must be >= 1"]
     assert _problems(tmp_path, "[sweep]\nseeds = [1, 1]\n") == [

@@ -288,8 +288,9 @@ def test_batch_larger_than_the_split_fails_before_training() -> None:
     with pytest.raises(ConfigError, match=r"train\.batch_size = 100: larger than the training"):
         train(config(train={"batch_size": 100}), task=synthetic_task(), on_metrics=seen.extend)
     assert seen == []
-    with pytest.raises(ConfigError, match=r"tracking\.layers"):
-        train(config(tracking={"layers": ["hidden9"]}), task=synthetic_task())
+    bad_layers = {"model": {"depth": 2}, "tracking": {"layers": ["hidden9"]}}
+    with pytest.raises(ConfigError, match=r"tracking\.layers = \['hidden9'\]: unknown layer"):
+        train(bad_layers, task=synthetic_task())
     with pytest.raises(ConfigError, match=r"optim\.lr"):
         train({"optim": {"lr": -1}}, task=synthetic_task())
 

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ckalab.data.registry import check_classes, check_size, get_info
+from ckalab.layer_names import probe_layer_names
 
 __all__ = [
     "DEFAULT_WIDTH",
@@ -430,6 +431,16 @@ class RunConfig(_Section):
                 f"data.flatten = true: model.arch '{self.model.arch}' needs image-shaped inputs; "
                 "leave data.flatten unset"
             )
+        wanted = self.tracking.layers
+        if wanted is not None:
+            known = probe_layer_names(self.model.arch, self.model.depth)
+            unknown = [name for name in wanted if name not in known]
+            if unknown or not wanted:
+                what = f"unknown layer {', '.join(map(repr, unknown))}" if unknown else "empty"
+                raise ValueError(
+                    f"tracking.layers = {list(wanted)!r}: {what}; this model "
+                    f"({self.model.arch}, depth {self.model.depth}) has {list(known)}"
+                )
         return self
 
     def resume_key(self) -> dict[str, Any]:

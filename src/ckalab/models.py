@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ckalab.config import DEFAULT_WIDTH
+from ckalab.layer_names import probe_layer_names
 
 if TYPE_CHECKING:
     from ckalab.config import ModelConfig
@@ -186,8 +187,8 @@ class MLP(ProbedModel):
         _check_positive(depth=depth, width=width, in_features=in_features, num_outputs=num_outputs)
         blocks: dict[str, nn.Module] = {}
         fan_in = in_features
-        for i in range(1, depth + 1):
-            blocks[f"hidden{i}"] = DenseBlock(fan_in, width, activation, bias)
+        for name in probe_layer_names("mlp", depth):
+            blocks[name] = DenseBlock(fan_in, width, activation, bias)
             fan_in = width
         self.blocks = nn.ModuleDict(blocks)
         self.readout = nn.Linear(width, num_outputs, bias=bias, device="meta")
@@ -251,14 +252,15 @@ class CNN(ProbedModel):
         super().__init__()
         c, h, w = _image_shape(image_shape)
         _check_positive(depth=depth, width=width, num_outputs=num_outputs)
+        *conv_names, pool_name = probe_layer_names("cnn", depth)
         blocks: dict[str, nn.Module] = {}
-        for i in range(1, depth + 1):
+        for name in conv_names:
             pool = h >= 2 and w >= 2
-            blocks[f"conv{i}"] = ConvBlock(c, width, activation, batch_norm, pool)
+            blocks[name] = ConvBlock(c, width, activation, batch_norm, pool)
             c = width
             if pool:
                 h, w = h // 2, w // 2
-        blocks["pool"] = GlobalAvgPool()
+        blocks[pool_name] = GlobalAvgPool()
         self.blocks = nn.ModuleDict(blocks)
         self.readout = nn.Linear(width, num_outputs, device="meta")
         init_parameters(self, generator)
@@ -340,19 +342,16 @@ class ResNet(ProbedModel):
         super().__init__()
         c, _, _ = _image_shape(image_shape)
         _check_positive(depth=depth, width=width, num_outputs=num_outputs)
-        blocks: dict[str, nn.Module] = {"stem": Stem(c, width, activation, batch_norm)}
+        stem_name, *block_names, pool_name = probe_layer_names("resnet", depth)
+        blocks: dict[str, nn.Module] = {stem_name: Stem(c, width, activation, batch_norm)}
         c_in = width
-        index = 1
-        for stage in range(3):
+        for index, name in enumerate(block_names):
+            stage, b = divmod(index, depth)
             c_out = width * 2**stage
-            for b in range(depth):
-                stride = 2 if stage > 0 and b == 0 else 1
-                blocks[f"block{index}"] = BasicBlock(
-                    c_in, c_out, stride, activation, batch_norm, skip
-                )
-                c_in = c_out
-                index += 1
-        blocks["pool"] = GlobalAvgPool()
+            stride = 2 if stage > 0 and b == 0 else 1
+            blocks[name] = BasicBlock(c_in, c_out, stride, activation, batch_norm, skip)
+            c_in = c_out
+        blocks[pool_name] = GlobalAvgPool()
         self.blocks = nn.ModuleDict(blocks)
         self.readout = nn.Linear(c_in, num_outputs, device="meta")
         init_parameters(self, generator)

@@ -107,7 +107,8 @@ from ckalab.alignment import (
     centered_alignment,
     kernel_alignment,
 )
-from ckalab.tracking import MetricRow, cka_targets, tracking_steps
+from ckalab.schedule import tracking_steps
+from ckalab.tracking import MetricRow, cka_targets
 
 if TYPE_CHECKING:
     from ckalab.config import NTKTrackingConfig
@@ -897,7 +898,7 @@ def build_ntk_tracker(
 
     Probe set: :func:`balanced_subset` of the task's training probe set (``task.probe_train``,
     itself class-balanced) with at most ``config.probe_size`` examples; targets as for CKA
-    (one-hot or +-1). Schedule: :func:`ckalab.tracking.tracking_steps` with the section's
+    (one-hot or +-1). Schedule: :func:`ckalab.schedule.tracking_steps` with the section's
     ``schedule``, ``every`` and ``ratio``.
     """
     if config is None:

@@ -613,7 +613,7 @@ def estimate_work(config: RunConfig) -> WorkEstimate:
     when the registry does not know the class counts and a class subset's size is inferred as
     a fraction of the split)."""
     from ckalab.data.registry import get_info
-    from ckalab.tracking import tracking_steps
+    from ckalab.schedule import tracking_steps
 
     info = get_info(config.data.dataset)
     approximate = False

@@ -141,7 +141,7 @@ class LocalExecutor:
                         todo.extend(futures.values())
                         futures.clear()
                 drain()
-                self._shutdown()
+                self._shutdown()  # every future is settled: the workers are idle or dead
                 retry = []
                 for task in todo:
                     pid = started.pop(task.run_id, None)
@@ -157,23 +157,27 @@ class LocalExecutor:
                         retry.append(replace(task))
                 todo = retry
         finally:
-            self._shutdown(kill=True)
+            self._shutdown()
             events.close()
 
-    def _shutdown(self, kill: bool = False) -> None:
+    def _shutdown(self) -> None:
+        """Stop the pool's workers with SIGTERM and reap them.
+
+        Called when the pool's futures are settled (its workers idle or dead) or on the way
+        out (Ctrl-C, an error). Terminating rather than asking idle workers to exit spares the
+        interpreter teardown of a process that has imported torch (measured: 1.7-2.0 s per
+        pool on the 2-core machine); nothing is lost, since a worker holds no state the driver
+        has not received."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        if kill:
-            procs = list(getattr(pool, "_processes", {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs:
-                p.join(timeout=5)
-        else:
-            pool.shutdown(wait=True, cancel_futures=True)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
 
     def close(self) -> None:
-        self._shutdown(kill=True)
+        self._shutdown()
