@@ -159,6 +159,21 @@ def _fixed_grid(
     return fig, axes
 
 
+def _across_seeds(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The band a curve figure draws: per ``keys`` and step, the mean epoch, the mean value
+    over the runs (seeds) and its range (``lo``, ``hi``)."""
+    return (
+        rows.groupby([*keys, "step"], sort=True)
+        .agg(
+            epoch=("epoch", "mean"),
+            mean=("value", "mean"),
+            lo=("value", "min"),
+            hi=("value", "max"),
+        )
+        .reset_index()
+    )
+
+
 def _curve_grid(n_rows: int, n_cols: int, *, bottom: float) -> tuple[Figure, np.ndarray]:
     """The grid of the against-epoch figures (curves, NTK): one row of panels per task, 11 in
     wide, a shared x axis; ``bottom`` (inches) leaves room for the key legend."""
@@ -368,16 +383,7 @@ def training_curves(
     row_of = {t: i for i, t in enumerate(tasks)}
     rows = rows[rows[TASK].isin(row_of)]
     good = rows[rows[STATE] == "done"]
-    agg = (
-        good.groupby([TASK, HUE, "split", "metric", "step"], sort=True)
-        .agg(
-            epoch=("epoch", "mean"),
-            mean=("value", "mean"),
-            lo=("value", "min"),
-            hi=("value", "max"),
-        )
-        .reset_index()
-    )
+    agg = _across_seeds(good, [TASK, HUE, "split", "metric"])
     bad = rows[rows[STATE].isin(["diverged", "did not learn"])]
     panels = {"loss": 0, "acc": 1, "cka": 2}
     color_of = {_hue_key(v): study.colors(v) for v in study.colors.values}
@@ -493,16 +499,7 @@ def ntk_curves(study: Study) -> Drawn | None:
     panels = {"cka": 0, **{n: j + 1 for j, (n, _, _) in enumerate(NTK_PANELS)}}
     fig, axes = _curve_grid(len(tasks), len(panels), bottom=0.85)
     x0 = _x0(study, rows)
-    agg = (
-        rows.groupby([TASK, HUE, "metric", "step"], sort=True)
-        .agg(
-            epoch=("epoch", "mean"),
-            mean=("value", "mean"),
-            lo=("value", "min"),
-            hi=("value", "max"),
-        )
-        .reset_index()
-    )
+    agg = _across_seeds(rows, [TASK, HUE, "metric"])
     color_of = {_hue_key(v): study.colors(v) for v in study.colors.values}
     for (task, hue, metric), g in agg.groupby([TASK, HUE, "metric"], sort=False):
         ax = axes[row_of[task], panels[metric]]
